@@ -1,0 +1,1 @@
+"""mm_platform: many models at scale."""

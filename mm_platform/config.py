@@ -1,0 +1,219 @@
+"""Typed dataset/run configuration, validated once at the edge.
+
+One YAML file describes a dataset and how it runs: where the source table is, which
+columns are the date, target, partition keys and regressors, the forecasting setup and
+the promotion rules. Storage locations default to files under ``$MM_HOME`` so a laptop
+needs nothing running; real services are selected by URL only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "retail_daily.yaml"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the bad field."""
+
+
+def mm_home() -> Path:
+    """Root of everything the embedded defaults write (``$MM_HOME``, default ``./.mm_home``)."""
+    return Path(os.environ.get("MM_HOME", ".mm_home")).resolve()
+
+
+def _identifier(value: str, what: str) -> str:
+    # Table and column names end up in SQL text: only plain identifiers are allowed.
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise ValueError(f"{what} {value!r} is not a valid identifier (letters, digits, underscore)")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    url: str = Field(description="SQLAlchemy URL of the source database")
+    table: str = "sales"
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        return _identifier(v, "source.table")
+
+
+class ColumnsConfig(_Strict):
+    date: str = "date"
+    target: str = "units"
+    keys: list[str] = Field(default_factory=lambda: ["store", "item"], min_length=1)
+    regressors: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> ColumnsConfig:
+        names = [self.date, self.target, *self.keys, *self.regressors]
+        for n in names:
+            _identifier(n, "column")
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"column names used twice: {sorted(dupes)}")
+        reserved = {"series_id", "ds", "y", "run_date"}
+        clash = reserved & set(names)
+        if clash:
+            raise ValueError(f"column names {sorted(clash)} are reserved by mm_platform")
+        return self
+
+
+class ProphetParams(_Strict):
+    seasonality_mode: Literal["additive", "multiplicative"] = "additive"
+    yearly_seasonality: bool | int | Literal["auto"] = "auto"
+    weekly_seasonality: bool | int | Literal["auto"] = "auto"
+    changepoint_prior_scale: float = Field(0.05, gt=0)
+    seasonality_prior_scale: float = Field(10.0, gt=0)
+    n_changepoints: int = Field(25, ge=0)
+    changepoint_range: float = Field(0.8, gt=0, le=1)
+    regressor_prior_scale: float = Field(10.0, gt=0)
+
+
+class AlgorithmConfig(_Strict):
+    # "prophet" fits Prophet's own MAP objective in-process (fast); "prophet_library" calls
+    # prophet/cmdstan per series (the reference approach); "seasonal_naive" is the baseline.
+    name: Literal["prophet", "prophet_library", "seasonal_naive"] = "prophet"
+    prophet: ProphetParams = Field(default_factory=ProphetParams)
+    interval_coverage: float = Field(0.9, gt=0, lt=1)
+
+
+class PromotionRules(_Strict):
+    max_wape: float | None = Field(0.5, gt=0, description="holdout WAPE must be at most this")
+    max_mape: float | None = Field(None, gt=0, description="holdout MAPE must be at most this")
+    beats_seasonal_naive: bool = True
+    not_worse_than_production: bool = True
+    tolerance: float = Field(0.0, ge=0, description="allowed relative slack for the comparisons")
+
+
+class SparkConfig(_Strict):
+    # local[*] by default; any master URL (spark://host:7077) or Spark Connect (sc://host:15002).
+    master: str = "local[*]"
+    conf: dict[str, str] = Field(default_factory=dict)
+    shuffle_partitions: int = Field(4, ge=1)
+
+
+class StorageConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    lake_url: str = "${MM_HOME}/lake"
+    warehouse_url: str = "sqlite:///${MM_HOME}/warehouse.db"
+    training_registry_uri: str = "sqlite:///${MM_HOME}/mlflow/training.db"
+    training_artifact_root: str = "${MM_HOME}/mlflow/training-artifacts"
+    production_registry_uri: str = "sqlite:///${MM_HOME}/mlflow/production.db"
+    production_artifact_root: str = "${MM_HOME}/mlflow/production-artifacts"
+
+    @field_validator("*")
+    @classmethod
+    def _expand_defaults(cls, v: str) -> str:
+        return _expand(v)  # defaults mention ${MM_HOME} too
+
+    @model_validator(mode="after")
+    def _separate_registries(self) -> StorageConfig:
+        if self.training_registry_uri == self.production_registry_uri:
+            raise ValueError("storage.production_registry_uri must differ from storage.training_registry_uri")
+        return self
+
+
+class DatasetConfig(_Strict):
+    name: str = Field(description="dataset name; prefixes registered model names")
+    source: SourceConfig
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    frequency: Literal["daily", "weekly"] = "daily"
+    horizon: int = Field(28, ge=1, le=3660)
+    holdout: int = Field(28, ge=1)
+    min_history: int = Field(56, ge=2, description="series with fewer observations are skipped")
+    start_date: str = Field("2015-01-01", description="first run date offered as a Dagster partition")
+    ingest_lookback_days: int = Field(
+        7, ge=0, description="source rows this many days before the lake watermark are re-read (late corrections)"
+    )
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    promotion: PromotionRules = Field(default_factory=PromotionRules)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _identifier(v, "name")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DatasetConfig:
+        if self.min_history <= self.holdout:
+            raise ValueError(f"min_history ({self.min_history}) must exceed holdout ({self.holdout})")
+        return self
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.columns.keys)
+
+    @property
+    def season_length(self) -> int:
+        return 7 if self.frequency == "daily" else 52
+
+    @property
+    def pandas_freq(self) -> str:
+        return "D" if self.frequency == "daily" else "W"
+
+
+def _expand(value):
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in strings; ``MM_HOME`` defaults to ``./.mm_home``."""
+    if isinstance(value, str):
+
+        def repl(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name == "MM_HOME":
+                return str(mm_home())
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is referenced in the config but not set")
+
+        return _ENV_REF.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{loc}: {e['msg']}")
+    return f"invalid config {origin}: " + "; ".join(lines)
+
+
+def parse_config(data: dict, origin: str = "<dict>") -> DatasetConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {origin}: expected a mapping at the top level")
+    try:
+        return DatasetConfig.model_validate(_expand(data))
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | os.PathLike | None = None) -> DatasetConfig:
+    """Load the dataset config from ``path``, ``$MM_CONFIG`` or the packaged retail example."""
+    path = Path(path or os.environ.get("MM_CONFIG") or DEFAULT_CONFIG)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    return parse_config(data, origin=str(path))

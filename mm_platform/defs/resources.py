@@ -1,0 +1,86 @@
+"""Typed resources, built from the dataset config (``$MM_CONFIG`` or the packaged example).
+
+Every URL can point at a real service; the defaults are files under ``$MM_HOME``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+
+from mm_platform.config import DatasetConfig, load_config
+from mm_platform.lake import Lake
+from mm_platform.registry import ModelRegistry
+from mm_platform.spark_jobs import spark_conf
+from mm_platform.warehouse import Warehouse
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """The dataset/run configuration file; empty means ``$MM_CONFIG`` or the packaged example."""
+
+    config_path: str = ""
+
+    @cached_property
+    def config(self) -> DatasetConfig:
+        return load_config(self.config_path or None)
+
+
+class LakeResource(dg.ConfigurableResource):
+    url: str
+
+    def lake(self) -> Lake:
+        return Lake(self.url)
+
+
+class SourceDatabaseResource(dg.ConfigurableResource):
+    url: str
+    table: str
+
+
+class RegistryResource(dg.ConfigurableResource):
+    """An MLflow registry. ``role`` is training or production; a production handle is
+    read-only unless the step asks for write access (only promotion does)."""
+
+    tracking_uri: str
+    artifact_root: str
+    experiment: str
+    role: str = "training"
+
+    def registry(self, writable: bool = False) -> ModelRegistry:
+        return ModelRegistry(self.tracking_uri, self.artifact_root, self.experiment, writable=writable or self.role == "training")
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    url: str
+    dataset: str
+    partition_keys: list[str]
+
+    def warehouse(self) -> Warehouse:
+        return Warehouse(self.url, self.dataset, self.partition_keys)
+
+
+def build_resources(cfg: DatasetConfig, config_path: str = "") -> dict:
+    s = cfg.storage
+    return {
+        "dataset": DatasetResource(config_path=config_path),
+        "pyspark": PySparkResource(spark_config=spark_conf(cfg.spark)),
+        "lake": LakeResource(url=s.lake_url),
+        "source_db": SourceDatabaseResource(url=cfg.source.url, table=cfg.source.table),
+        "training_registry": RegistryResource(
+            tracking_uri=s.training_registry_uri, artifact_root=s.training_artifact_root, experiment=f"{cfg.name}-training"
+        ),
+        "production_registry": RegistryResource(
+            tracking_uri=s.production_registry_uri,
+            artifact_root=s.production_artifact_root,
+            experiment=f"{cfg.name}-production",
+            role="production",
+        ),
+        "warehouse": WarehouseResource(url=s.warehouse_url, dataset=cfg.name, partition_keys=cfg.keys),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources(load_config()))

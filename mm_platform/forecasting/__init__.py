@@ -1,0 +1,1 @@
+"""Per-series forecasting: pure functions that know nothing of Spark or Dagster."""

@@ -1,0 +1,150 @@
+"""The lake: Parquet files in a folder or any fsspec URL (``abfs://container/path``).
+
+Raw tables are stored one file per month and described by a small JSON manifest. A write
+puts new month files beside the old ones and then replaces the manifest in one rename, so
+a reader (or a run killed mid-copy) sees the table either as it was or fully updated,
+never half. Upserts on (keys, date) make re-copying the same rows a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "_manifest.json"
+
+
+class Lake:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def uri(self, *parts: str) -> str:
+        """A URI other engines (Spark) can open."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        p = self.path(*parts)
+        return p if protocol in ("file", "local") else f"{protocol}://{p}"
+
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol in ("file", "local")
+
+    # -- raw tables ------------------------------------------------------------------------
+
+    def read_manifest(self, table: str) -> dict:
+        path = self.path("raw", table, MANIFEST)
+        if not self.fs.exists(path):
+            return {"version": 0, "files": {}, "watermark": None, "rows": 0}
+        with self.fs.open(path, "r") as f:
+            return json.load(f)
+
+    def _write_manifest(self, table: str, manifest: dict) -> None:
+        final = self.path("raw", table, MANIFEST)
+        tmp = self.path("raw", table, f".{MANIFEST}.{uuid.uuid4().hex}")
+        with self.fs.open(tmp, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+        self.fs.mv(tmp, final)  # the commit point
+
+    def raw_files(self, table: str) -> list[str]:
+        return [self.path("raw", table, rel) for rel in sorted(self.read_manifest(table)["files"].values())]
+
+    def read_raw(self, table: str, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
+        files = self.raw_files(table)
+        if not files:
+            return pd.DataFrame(columns=columns or [])
+        t = pq.read_table(files, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
+        return t.to_pandas()
+
+    def upsert_raw(self, table: str, rows: pd.DataFrame, keys: list[str], date_col: str) -> dict:
+        """Insert or replace rows on (keys, date). Returns counts of inserted/updated rows."""
+        manifest = self.read_manifest(table)
+        files = dict(manifest["files"])
+        month = rows[date_col].dt.strftime("%Y-%m")
+        new_files: dict[str, str] = {}
+        inserted = updated = 0
+        key_cols = [*keys, date_col]
+        for m, chunk in rows.groupby(month, sort=True):
+            old_rel = files.get(m)
+            if old_rel:
+                old = pq.read_table(self.path("raw", table, old_rel), filesystem=self.fs).to_pandas()
+                merged = pd.concat([old, chunk], ignore_index=True)
+                dup = merged.duplicated(key_cols, keep="last")
+                changed_old = dup.iloc[: len(old)]
+                # Rows that come back unchanged are no-ops; changed values count as updates.
+                replaced = old[changed_old.to_numpy()]
+                merged = merged[~dup]
+                inserted += len(merged) - len(old)
+                if len(replaced):
+                    same = replaced.merge(chunk, how="inner", on=list(chunk.columns))
+                    updated += len(replaced) - len(same)
+            else:
+                merged = chunk.drop_duplicates(key_cols, keep="last")
+                inserted += len(merged)
+            merged = merged.sort_values([*keys, date_col]).reset_index(drop=True)
+            rel = f"month={m}/part-{uuid.uuid4().hex[:12]}.parquet"
+            self.fs.makedirs(self.path("raw", table, f"month={m}"), exist_ok=True)
+            pq.write_table(
+                pa.Table.from_pandas(merged, preserve_index=False),
+                self.path("raw", table, rel),
+                filesystem=self.fs,
+                coerce_timestamps="us",  # Spark cannot read nanosecond timestamps
+                allow_truncated_timestamps=True,
+            )
+            new_files[m] = rel
+        if not new_files:
+            return {"inserted": 0, "updated": 0, "files_written": 0}
+        if inserted == 0 and updated == 0:
+            # Nothing changed: drop the new files, keep the manifest as it is.
+            self._delete(table, new_files.values())
+            return {"inserted": 0, "updated": 0, "files_written": 0}
+        watermark = str(rows[date_col].max().date())
+        if manifest.get("watermark") and manifest["watermark"] > watermark:
+            watermark = manifest["watermark"]
+        superseded = [files[m] for m in new_files if m in files]
+        files.update(new_files)
+        self._write_manifest(
+            table,
+            {
+                "version": manifest["version"] + 1,
+                "files": files,
+                "watermark": watermark,
+                "rows": manifest.get("rows", 0) + inserted,
+            },
+        )
+        self._delete(table, superseded)
+        return {"inserted": inserted, "updated": updated, "files_written": len(new_files)}
+
+    def _delete(self, table: str, rels: Iterable[str]) -> None:
+        for rel in rels:
+            try:
+                self.fs.rm(self.path("raw", table, rel))
+            except FileNotFoundError:
+                pass
+
+    # -- quarantine --------------------------------------------------------------------------
+
+    def append_quarantine(self, table: str, rows: pd.DataFrame) -> str:
+        """Bad source rows, with the reason, kept for inspection (one file per write)."""
+        folder = self.path("quarantine", table)
+        self.fs.makedirs(folder, exist_ok=True)
+        path = f"{folder}/part-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp, filesystem=self.fs)
+        self.fs.mv(tmp, path)
+        return path
+
+    def read_quarantine(self, table: str) -> pd.DataFrame:
+        folder = self.path("quarantine", table)
+        if not self.fs.exists(folder):
+            return pd.DataFrame()
+        files = [f for f in self.fs.ls(folder, detail=False) if f.rsplit("/", 1)[-1].startswith("part-")]
+        return pd.concat([pq.read_table(f, filesystem=self.fs).to_pandas() for f in files], ignore_index=True) if files else pd.DataFrame()

@@ -1,0 +1,204 @@
+"""The pipeline's steps as plain functions over typed handles (config, lake, registries,
+warehouse, Spark). Dagster assets call these; so do the CLI and the benchmarks, so there
+is one code path."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import pandas as pd
+
+from mm_platform.config import DatasetConfig
+from mm_platform.forecasting.series import TRAINED
+from mm_platform.lake import Lake
+from mm_platform.promotion import evaluate
+from mm_platform.registry import ModelRegistry, RegisteredModel, model_name
+from mm_platform.warehouse import Warehouse
+
+METRICS = ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")
+
+
+def training_registry(cfg: DatasetConfig) -> ModelRegistry:
+    return ModelRegistry(cfg.storage.training_registry_uri, cfg.storage.training_artifact_root, f"{cfg.name}-training")
+
+
+def production_registry(cfg: DatasetConfig, writable: bool = False) -> ModelRegistry:
+    # Only the promotion step asks for a writable handle.
+    return ModelRegistry(
+        cfg.storage.production_registry_uri, cfg.storage.production_artifact_root, f"{cfg.name}-production", writable=writable
+    )
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and v != v) else f"{float(v):.6g}"
+
+
+@dataclass
+class TrainingOutcome:
+    report: pd.DataFrame  # one row per series, with registration outcome
+    registered: int
+    unchanged: int
+    failed: int
+    skipped: int
+
+
+def register_model_set(
+    results: pd.DataFrame, cfg: DatasetConfig, registry: ModelRegistry, run_date: date, run_id: str
+) -> TrainingOutcome:
+    """Register every trained series' model in the training registry, except where the
+    newest registered version already has the same data fingerprint and algorithm (a rerun
+    creates no duplicate versions)."""
+    latest = registry.latest_by_series(cfg.name)
+    report = results.drop(columns=["model_json"]).copy()
+    report["algorithm"] = cfg.algorithm.name
+    report["model_name"] = None
+    report["model_version"] = None
+    report["registration"] = None
+    report["training_run_id"] = run_id
+    entries, rows = [], []
+    for i, r in results.iterrows():
+        if r["status"] != TRAINED:
+            continue
+        keys = {k: r[k] for k in cfg.keys}
+        name = model_name(cfg.name, keys)
+        prev = latest.get(r["series_id"])
+        if prev and prev.tags.get("data_fingerprint") == r["fingerprint"] and prev.tags.get("algorithm") == cfg.algorithm.name:
+            report.loc[i, ["model_name", "model_version", "registration"]] = [prev.name, prev.version, "unchanged"]
+            continue
+        tags = {
+            "dataset": cfg.name,
+            "series_id": r["series_id"],
+            **{f"key.{k}": str(v) for k, v in keys.items()},
+            "algorithm": cfg.algorithm.name,
+            "data_fingerprint": r["fingerprint"],
+            "run_date": str(run_date),
+            "training_run_id": run_id,
+            "n_obs": str(int(r["n_obs"])),
+            **{f"metric.{m}": _fmt(r[m]) for m in METRICS},
+        }
+        entries.append((name, r["model_json"].encode(), tags))
+        rows.append(i)
+    registered = registry.register_many(entries, run_name=f"{cfg.name}-model-set-{run_date}", run_tags={"run_date": str(run_date), "dagster_run_id": run_id})
+    for i, mv in zip(rows, registered, strict=True):
+        report.loc[i, ["model_name", "model_version", "registration"]] = [mv.name, mv.version, "registered"]
+    return TrainingOutcome(
+        report,
+        registered=len(registered),
+        unchanged=int((report["registration"] == "unchanged").sum()),
+        failed=int((report["status"] == "failed").sum()),
+        skipped=int((report["status"] == "skipped").sum()),
+    )
+
+
+@dataclass
+class PromotionOutcome:
+    decisions: pd.DataFrame
+    promoted: int
+    rejected: int
+    already: int
+
+
+def promote(
+    cfg: DatasetConfig,
+    run_date: date,
+    training: ModelRegistry,
+    production: ModelRegistry,
+    warehouse: Warehouse,
+    decided_by: str | None = None,
+) -> PromotionOutcome:
+    """Evaluate each series' newest training model against the rules and copy the ones that
+    qualify into the production registry. Each decision is logged once."""
+    decided_by = decided_by or f"mm_platform promotion ({getpass.getuser()})"
+    candidates = training.latest_by_series(cfg.name)
+    current = production_by_series(production, cfg.name)
+    decided = set()
+    if warehouse.has_table("promotion_log"):
+        log = warehouse.read(
+            "SELECT series_id, training_version FROM promotion_log WHERE dataset = :d AND action IN ('promoted','rejected')",
+            d=cfg.name,
+        )
+        decided = set(zip(log["series_id"], log["training_version"].astype(int), strict=True))
+    rows, already = [], 0
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    for sid, cand in sorted(candidates.items()):
+        prod = current.get(sid)
+        if (prod and prod.tags.get("training_version") == str(cand.version)) or (sid, cand.version) in decided:
+            already += 1
+            continue
+        metrics = {m: cand.metric(m) for m in METRICS}
+        prod_metrics = {"wape": prod.metric("wape")} if prod else None
+        d = evaluate(metrics, cfg.promotion, prod_metrics)
+        row = {
+            "series_id": sid,
+            "model_name": cand.name,
+            "training_version": cand.version,
+            "production_version": None,
+            "action": "promoted" if d.promote else "rejected",
+            "reasons": "; ".join(d.reasons),
+            **{k: d.values.get(k) for k in ("wape", "mape", "naive_wape", "production_wape")},
+            "decided_by": decided_by,
+            "decided_at": now,
+        }
+        if d.promote:
+            data = training.read_artifact(cand)
+            tags = {**cand.tags, "training_version": str(cand.version), "training_registry": _redact(training.tracking_uri),
+                    "promoted_at": now.isoformat(), "promotion_run_date": str(run_date)}
+            tags.pop("artifact_sha256", None)
+            (mv,) = production.register_many([(cand.name, data, tags)], run_name=f"promote-{cand.name}-v{cand.version}", run_tags={})
+            # The alias moves only after the new version is fully registered: a failure before
+            # this line leaves the series on its old production model.
+            production.set_production(mv)
+            row["production_version"] = mv.version
+        rows.append(row)
+    decisions = pd.DataFrame(rows)
+    if len(decisions):
+        warehouse.append("promotion_log", run_date, decisions)
+    promoted = int((decisions["action"] == "promoted").sum()) if len(decisions) else 0
+    return PromotionOutcome(decisions, promoted, len(decisions) - promoted, already)
+
+
+def production_by_series(production: ModelRegistry, dataset: str) -> dict[str, RegisteredModel]:
+    """Each series' production model: the version its ``production`` alias points at."""
+    aliases = {}
+    token = None
+    while True:
+        page = production.client.search_registered_models(f"tags.dataset = '{dataset}'", max_results=1000, page_token=token)
+        for rm in page:
+            if "production" in (rm.aliases or {}):
+                aliases[rm.name] = int(rm.aliases["production"])
+        token = page.token
+        if not token:
+            break
+    out = {}
+    for mv in production.search(dataset):
+        if aliases.get(mv.name) == mv.version:
+            out[mv.series_id] = mv
+    return out
+
+
+def production_models_frame(cfg: DatasetConfig, production: ModelRegistry) -> tuple[pd.DataFrame, list[dict]]:
+    """Verified production models as a frame for scoring, plus the series whose model could not be loaded."""
+    rows, problems = [], []
+    for sid, mv in production_by_series(production, cfg.name).items():
+        try:
+            data = production.read_artifact(mv)
+        except Exception as exc:  # a bad artifact skips that series only
+            problems.append({"series_id": sid, "model_name": mv.name, "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        keys = {k: mv.tags.get(f"key.{k}") for k in cfg.keys}
+        rows.append({**keys, "series_id": sid, "model_name": mv.name, "model_version": mv.version, "model_json": data.decode()})
+    return pd.DataFrame(rows), problems
+
+
+def _redact(uri: str) -> str:
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def summary_json(**kw) -> str:
+    return json.dumps(kw, default=str)

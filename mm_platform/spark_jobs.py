@@ -1,0 +1,228 @@
+"""The Spark parts: group lake data into per-series training sets, train one model per
+series with ``groupBy(keys).applyInPandas``, and score each series with its production
+model. The per-series work itself is in ``mm_platform.forecasting`` (no Spark there)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import date
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mm_platform.config import DatasetConfig, SparkConfig
+from mm_platform.forecasting.series import TrainSpec, forecast_arrays, train_series
+from mm_platform.lake import Lake
+
+N_BUCKETS = 32  # training-set files are bucketed by series so one series is read from one bucket
+
+logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def spark_conf(spark: SparkConfig) -> dict[str, str]:
+    """Spark settings for dagster-pyspark's PySparkResource: master (or Connect URL) plus
+    quiet, Arrow-enabled defaults; anything in ``spark.conf`` wins."""
+    conf = {
+        "spark.app.name": "mm_platform",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": "-Dlog4j2.level=ERROR",
+    }
+    if spark.master.startswith("sc://"):
+        conf["spark.remote"] = spark.master
+    else:
+        conf["spark.master"] = spark.master
+        # Python workers must run this interpreter (the venv), whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        conf["spark.pyspark.python"] = sys.executable
+        conf["spark.pyspark.driver.python"] = sys.executable
+        conf["spark.driver.memory"] = os.environ.get("MM_SPARK_DRIVER_MEMORY", "2g")
+    conf.update(spark.conf)
+    return conf
+
+
+def get_session(spark: SparkConfig) -> SparkSession:
+    builder = SparkSession.builder
+    for k, v in spark_conf(spark).items():
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
+    if not spark.master.startswith("sc://"):
+        session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def _series_id_col(keys: list[str]):
+    return F.concat_ws(",", *[F.concat(F.lit(f"{k}="), F.col(k).cast("string")) for k in keys])
+
+
+def training_set_uri(lake: Lake, cfg: DatasetConfig, run_date: date) -> str:
+    return lake.uri("training_sets", cfg.name, f"run_date={run_date}")
+
+
+def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date) -> dict:
+    """Lake raw table -> per-series training data (ds, y, regressors), bucketed by series and
+    sorted within each file so reading one series touches one bucket."""
+    files = [lake.uri("raw", cfg.source.table, rel) for rel in sorted(lake.read_manifest(cfg.source.table)["files"].values())]
+    if not files:
+        raise ValueError(f"the lake has no data for table {cfg.source.table!r}: materialize raw_sales first")
+    cols = cfg.columns
+    raw = spark.read.parquet(*files)
+    df = (
+        raw.where(F.col(cols.date) <= F.lit(run_date).cast("timestamp"))
+        .select(
+            *[F.col(k) for k in cols.keys],
+            _series_id_col(cols.keys).alias("series_id"),
+            F.col(cols.date).cast("timestamp").alias("ds"),
+            F.col(cols.target).cast("double").alias("y"),
+            *[F.col(r).cast("double").alias(r) for r in cols.regressors],
+        )
+        .withColumn("bucket", F.pmod(F.xxhash64("series_id"), F.lit(N_BUCKETS)))
+    )
+    out = training_set_uri(lake, cfg, run_date)
+    (
+        df.repartition("bucket")
+        .sortWithinPartitions("series_id", "ds")
+        .write.mode("overwrite")
+        .partitionBy("bucket")
+        .parquet(out)
+    )
+    stats = spark.read.parquet(out).agg(F.count("*").alias("rows"), F.countDistinct("series_id").alias("series")).first()
+    return {"rows": int(stats["rows"]), "series": int(stats["series"]), "path": out}
+
+
+def read_training_set(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date) -> DataFrame:
+    return spark.read.parquet(training_set_uri(lake, cfg, run_date))
+
+
+RESULT_FIELDS = [
+    ("series_id", T.StringType()),
+    ("status", T.StringType()),
+    ("reason", T.StringType()),
+    ("n_obs", T.LongType()),
+    ("last_date", T.StringType()),
+    ("fingerprint", T.StringType()),
+    *[(m, T.DoubleType()) for m in ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")],
+    ("fit_seconds", T.DoubleType()),
+    ("model_json", T.StringType()),
+]
+
+
+def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
+    return TrainSpec(
+        family=family or cfg.algorithm.name,
+        freq=cfg.pandas_freq,
+        season_length=cfg.season_length,
+        holdout=cfg.holdout,
+        min_history=cfg.min_history,
+        regressors=tuple(cfg.columns.regressors),
+        prophet=cfg.algorithm.prophet.model_dump(exclude={"regressor_prior_scale"})
+        | {"regressor_prior_scale": cfg.algorithm.prophet.regressor_prior_scale},
+        interval_coverage=cfg.algorithm.interval_coverage,
+    )
+
+
+def _train_group_fn(spec: TrainSpec, keys: list[str]):
+    metric_names = ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")
+
+    def train_group(pdf: pd.DataFrame) -> pd.DataFrame:
+        r = train_series(pdf, spec)
+        row = {k: pdf[k].iloc[0] for k in keys}
+        row |= {
+            "series_id": pdf["series_id"].iloc[0],
+            "status": r.status,
+            "reason": r.reason,
+            "n_obs": r.n_obs,
+            "last_date": r.last_date,
+            "fingerprint": r.fingerprint,
+            **{m: r.metrics.get(m) for m in metric_names},
+            "fit_seconds": r.fit_seconds,
+            "model_json": r.model_json(),
+        }
+        return pd.DataFrame([row])
+
+    return train_group
+
+
+def train_model_set(training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None) -> pd.DataFrame:
+    """One model per series, trained in parallel; returns one result row per series."""
+    spec = spec or train_spec(cfg)
+    keys = cfg.keys
+    key_fields = [training_set.schema[k] for k in keys]
+    schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
+    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys), schema=schema)
+    return result.toPandas()
+
+
+PREDICTION_FIELDS = [
+    ("series_id", T.StringType()),
+    ("ds", T.DateType()),
+    ("yhat", T.DoubleType()),
+    ("yhat_lower", T.DoubleType()),
+    ("yhat_upper", T.DoubleType()),
+    ("model_name", T.StringType()),
+    ("model_version", T.LongType()),
+]
+
+
+def _score_fn(keys: list[str], horizon: int, nonnegative: bool):
+    import json
+
+    def score(batches):
+        for pdf in batches:
+            frames = []
+            for row in pdf.itertuples(index=False):
+                ds, yhat, lo, hi = forecast_arrays(json.loads(row.model_json), horizon, nonnegative=nonnegative)
+                frame = pd.DataFrame(
+                    {"ds": ds.astype("datetime64[D]").astype(object), "yhat": yhat, "yhat_lower": lo, "yhat_upper": hi}
+                )
+                for k in keys:
+                    frame[k] = getattr(row, k)
+                frame["series_id"] = row.series_id
+                frame["model_name"] = row.model_name
+                frame["model_version"] = int(row.model_version)
+                frames.append(frame)
+            if frames:
+                yield pd.concat(frames, ignore_index=True)
+
+    return score
+
+
+def score_series(spark: SparkSession, models: pd.DataFrame, training_set: DataFrame, cfg: DatasetConfig) -> pd.DataFrame:
+    """Forecast ``cfg.horizon`` periods for every series that has a production model.
+
+    ``models`` holds keys, series_id, model_name, model_version and the verified model JSON.
+    Only series present in the latest data are scored.
+    """
+    keys = cfg.keys
+    if models.empty:
+        return pd.DataFrame(columns=[*keys, *(n for n, _ in PREDICTION_FIELDS)])
+    latest = training_set.groupBy("series_id").agg(F.max("ds").alias("last_ds"))
+    key_fields = [training_set.schema[k] for k in keys]
+    model_schema = T.StructType(
+        [T.StructField(f.name, f.dataType) for f in key_fields]
+        + [
+            T.StructField("series_id", T.StringType()),
+            T.StructField("model_name", T.StringType()),
+            T.StructField("model_version", T.LongType()),
+            T.StructField("model_json", T.StringType()),
+        ]
+    )
+    models = models.copy()
+    for f in key_fields:  # registry tags are strings; match the data's key types
+        if isinstance(f.dataType, T.IntegralType):
+            models[f.name] = models[f.name].astype("int64")
+        elif isinstance(f.dataType, T.StringType):
+            models[f.name] = models[f.name].astype(str)
+    mdf = spark.createDataFrame(models[[*keys, "series_id", "model_name", "model_version", "model_json"]], schema=model_schema)
+    todo = mdf.join(latest.select("series_id"), "series_id", "inner")
+    out_schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in PREDICTION_FIELDS])
+    n_parts = max(1, int(spark.conf.get("spark.sql.shuffle.partitions", "4")))
+    result = todo.repartition(n_parts).mapInPandas(_score_fn(keys, cfg.horizon, True), schema=out_schema)
+    return result.toPandas()
