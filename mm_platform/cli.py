@@ -142,7 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", default="WARNING", help="Dagster console log level (default WARNING)")
     r.add_argument("--ephemeral", action="store_true", help="do not record the run in $DAGSTER_HOME")
     r.set_defaults(func=cmd_run)
+
+    # Other concerns add their subcommands here: each module has add_commands(subparsers).
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return p
+
+
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
