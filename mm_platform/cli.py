@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["mm_platform.bench"]
 
 
 def main(argv: list[str] | None = None) -> int:

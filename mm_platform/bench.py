@@ -1,0 +1,403 @@
+"""Benchmarks (commands that print numbers; never timed tests).
+
+``mm-platform bench train|score --series N --days D [--baseline-series M] [--json]`` generates
+data into a fresh lake (untimed), then runs, each in its own process tree, mm_platform's real
+code path and the standard approach of the Databricks fine-grained demand forecasting
+accelerator (plain ``groupBy().applyInPandas()`` with a default Prophet per series), on the
+same data and machine. CPU is user+system time of every process in the tree (driver, JVM,
+Python workers), sampled with psutil between two markers the worker prints, so Spark start-up
+and data generation are outside the timed part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import psutil
+import yaml
+
+RUN_DATE = date(2025, 12, 31)
+ITEMS_PER_STORE = 100
+MARK = "@@mark "
+
+
+# -- configuration and data ---------------------------------------------------------------------
+
+
+def bench_config(home: Path, horizon: int, algorithm: str = "prophet", shuffle_partitions: int = 8) -> Path:
+    cfg = {
+        "name": "bench",
+        "source": {"url": f"sqlite:///{home}/source.db", "table": "sales"},
+        "columns": {"date": "date", "target": "units", "keys": ["store", "item"], "regressors": ["price", "promo", "holiday"]},
+        "frequency": "daily",
+        "horizon": horizon,
+        "holdout": 28,
+        "min_history": 90,
+        "algorithm": {"name": algorithm},
+        # Benchmarks promote everything that trained: scoring measures scoring, not the rules.
+        "promotion": {"max_wape": None, "beats_seasonal_naive": False, "not_worse_than_production": False},
+        "spark": {"master": "local[*]", "shuffle_partitions": shuffle_partitions},
+        "storage": {
+            "lake_url": f"{home}/lake",
+            "warehouse_url": f"sqlite:///{home}/warehouse.db",
+            "training_registry_uri": f"sqlite:///{home}/mlflow/training.db",
+            "training_artifact_root": f"{home}/mlflow/training-artifacts",
+            "production_registry_uri": f"sqlite:///{home}/mlflow/production.db",
+            "production_artifact_root": f"{home}/mlflow/production-artifacts",
+        },
+    }
+    path = home / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def generate_into_lake(home: Path, series: int, days: int, seed: int = 42) -> int:
+    """Generated sales written straight into the lake's raw table (the ingestion step is not benchmarked)."""
+    from mm_platform.config import load_config
+    from mm_platform.datagen import iter_sales_chunks
+    from mm_platform.lake import Lake
+
+    cfg = load_config(home / "bench.yaml")
+    lake = Lake(cfg.storage.lake_url)
+    items = min(series, ITEMS_PER_STORE)
+    stores = -(-series // items)
+    rows, kept, frames = 0, 0, []
+    for chunk in iter_sales_chunks(stores, items, days, seed=seed, end_date=RUN_DATE, stores_per_chunk=5):
+        # Exactly `series` series: the last store may be partial.
+        chunk = chunk[(chunk["store"] - 1) * items + chunk["item"] <= series]
+        frames.append(chunk.astype({"promo": "float64", "holiday": "float64"}))
+        kept += len(chunk)
+        if kept > 5_000_000:
+            import pandas as pd
+
+            rows += lake.upsert_raw("sales", pd.concat(frames, ignore_index=True), ["store", "item"], "date")["inserted"]
+            frames, kept = [], 0
+    if frames:
+        import pandas as pd
+
+        rows += lake.upsert_raw("sales", pd.concat(frames, ignore_index=True), ["store", "item"], "date")["inserted"]
+    return rows
+
+
+# -- measuring a process tree ---------------------------------------------------------------------
+
+
+class TreeMeter:
+    """Samples CPU time and RSS of a process and all its descendants."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> last seen user+system
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = 0
+        with self._lock:
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    self.cpu[(p.pid, p.create_time())] = t.user + t.system
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def total_cpu(self) -> float:
+        self.sample()
+        with self._lock:
+            return sum(self.cpu.values())
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self.peak_rss = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run_measured(args: list[str], env: dict) -> dict:
+    """Run a bench worker; measure wall and tree CPU between its start and end markers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mm_platform.bench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    meter = TreeMeter(proc.pid)
+    marks: dict[str, tuple[float, float]] = {}
+    result: dict = {}
+    stderr_tail: list[str] = []
+
+    def drain():
+        for line in proc.stderr:
+            stderr_tail.append(line)
+            del stderr_tail[:-40]
+
+    threading.Thread(target=drain, daemon=True).start()
+    for line in proc.stdout:
+        if line.startswith(MARK):
+            name = line[len(MARK) :].strip()
+            if name == "start":
+                meter.reset_peak()
+            marks[name] = (time.perf_counter(), meter.total_cpu())
+        elif line.startswith("{"):
+            result = json.loads(line)
+    proc.wait()
+    meter.stop()
+    if proc.returncode != 0 or "start" not in marks or "end" not in marks:
+        raise RuntimeError(f"bench worker {' '.join(args[:3])} failed (exit {proc.returncode}):\n{''.join(stderr_tail)}")
+    wall = marks["end"][0] - marks["start"][0]
+    cpu = marks["end"][1] - marks["start"][1]
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(meter.peak_rss / 2**20, 1), **result}
+
+
+# -- workers (run in their own process) ------------------------------------------------------------
+
+
+def _mark(name: str) -> None:
+    print(f"{MARK}{name}", flush=True)
+
+
+def _quiet():
+    for name in ("cmdstanpy", "py4j", "prophet", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def worker(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("role")
+    p.add_argument("--home", required=True)
+    p.add_argument("--series", type=int, default=0)  # baseline subset size (0 = all)
+    a = p.parse_args(argv)
+    _quiet()
+    from mm_platform.config import load_config
+    from mm_platform.lake import Lake
+    from mm_platform.spark_jobs import get_session
+
+    home = Path(a.home)
+    cfg = load_config(home / "bench.yaml")
+    lake = Lake(cfg.storage.lake_url)
+    spark = get_session(cfg.spark)
+    spark.range(4).count()  # JVM and Python workers warm before the timed part
+    out: dict = {}
+    if a.role == "ours-train":
+        from mm_platform.pipeline import register_model_set, training_registry
+        from mm_platform.spark_jobs import build_training_sets, read_training_set, train_model_set
+
+        _mark("start")
+        build_training_sets(spark, lake, cfg, RUN_DATE)
+        results = train_model_set(read_training_set(spark, lake, cfg, RUN_DATE), cfg)
+        outcome = register_model_set(results, cfg, training_registry(cfg), RUN_DATE, "bench")
+        _mark("end")
+        out = {"series": len(results), "trained": int((results["status"] == "trained").sum()),
+               "registered": outcome.registered, "unchanged": outcome.unchanged, "failed": outcome.failed}
+    elif a.role == "promote-all":
+        from mm_platform.pipeline import production_registry, promote, training_registry
+        from mm_platform.warehouse import Warehouse
+
+        _mark("start")
+        o = promote(cfg, RUN_DATE, training_registry(cfg), production_registry(cfg, writable=True),
+                    Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys))
+        _mark("end")
+        out = {"promoted": o.promoted}
+    elif a.role == "ours-score":
+        from mm_platform.pipeline import production_models_frame, production_registry
+        from mm_platform.spark_jobs import read_training_set, score_series
+        from mm_platform.warehouse import Warehouse
+
+        _mark("start")
+        models, problems = production_models_frame(cfg, production_registry(cfg))
+        preds = score_series(spark, models, read_training_set(spark, lake, cfg, RUN_DATE), cfg)
+        rows = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys).replace_run("predictions", RUN_DATE, preds.assign(scoring_run_id="bench"))
+        _mark("end")
+        out = {"series": int(preds["series_id"].nunique()), "rows": rows, "not_loaded": len(problems)}
+    elif a.role in ("baseline-train", "baseline-fit-models", "baseline-score"):
+        out = _baseline(spark, lake, cfg, a.role, a.series, home)
+    else:
+        raise SystemExit(f"unknown bench role {a.role}")
+    print(json.dumps(out), flush=True)
+    spark.stop()
+
+
+def _subset(spark, lake, cfg, n: int):
+    from pyspark.sql import functions as F
+
+    files = [lake.uri("raw", "sales", rel) for rel in sorted(lake.read_manifest("sales")["files"].values())]
+    df = spark.read.parquet(*files)
+    if n:
+        df = df.where((F.col("store") - 1) * min(n, ITEMS_PER_STORE) + F.col("item") <= n)
+    return df.select("store", "item", F.col("date").alias("ds"), F.col("units").alias("y"))
+
+
+def _baseline(spark, lake, cfg, role: str, n: int, home: Path) -> dict:
+    """The Databricks accelerator's approach: a default Prophet per series, fitted and
+    predicted with its default uncertainty intervals, no registry, no metrics."""
+    from pyspark.sql import types as T
+
+    horizon = cfg.horizon
+    forecast_schema = T.StructType([
+        T.StructField("store", T.LongType()), T.StructField("item", T.LongType()),
+        T.StructField("ds", T.TimestampNTZType()), T.StructField("yhat", T.DoubleType()),
+        T.StructField("yhat_lower", T.DoubleType()), T.StructField("yhat_upper", T.DoubleType()),
+    ])
+
+    def forecast_store_item(history):
+        import logging
+
+        logging.getLogger("cmdstanpy").setLevel(logging.ERROR)
+        from prophet import Prophet
+
+        model = Prophet()
+        model.fit(history[["ds", "y"]])
+        future = model.make_future_dataframe(periods=horizon, freq="D", include_history=True)
+        fc = model.predict(future)[["ds", "yhat", "yhat_lower", "yhat_upper"]].tail(horizon)
+        fc["store"] = history["store"].iloc[0]
+        fc["item"] = history["item"].iloc[0]
+        return fc[["store", "item", "ds", "yhat", "yhat_lower", "yhat_upper"]]
+
+    def fit_to_json(history):
+        import logging
+
+        logging.getLogger("cmdstanpy").setLevel(logging.ERROR)
+        import pandas as pd
+        from prophet import Prophet
+        from prophet.serialize import model_to_json
+
+        model = Prophet().fit(history[["ds", "y"]])
+        return pd.DataFrame({"store": [history["store"].iloc[0]], "item": [history["item"].iloc[0]], "model": [model_to_json(model)]})
+
+    def predict_from_json(models):
+        import pandas as pd
+        from prophet.serialize import model_from_json
+
+        out = []
+        for row in models.itertuples(index=False):
+            model = model_from_json(row.model)
+            future = model.make_future_dataframe(periods=horizon, freq="D", include_history=False)
+            fc = model.predict(future)[["ds", "yhat", "yhat_lower", "yhat_upper"]]
+            fc["store"], fc["item"] = row.store, row.item
+            out.append(fc)
+        return pd.concat(out)[["store", "item", "ds", "yhat", "yhat_lower", "yhat_upper"]]
+
+    data = _subset(spark, lake, cfg, n)
+    models_path = str(home / "baseline_models")
+    if role == "baseline-train":
+        _mark("start")
+        data.groupBy("store", "item").applyInPandas(forecast_store_item, forecast_schema).write.format("noop").mode("overwrite").save()
+        _mark("end")
+        return {"series": data.select("store", "item").distinct().count()}
+    if role == "baseline-fit-models":
+        schema = T.StructType([T.StructField("store", T.LongType()), T.StructField("item", T.LongType()), T.StructField("model", T.StringType())])
+        _mark("start")
+        data.groupBy("store", "item").applyInPandas(fit_to_json, schema).write.mode("overwrite").parquet(models_path)
+        _mark("end")
+        return {}
+    models = spark.read.parquet(models_path)
+    _mark("start")
+    models.repartition(max(2, os.cpu_count() or 2)).groupBy("store", "item").applyInPandas(predict_from_json, forecast_schema).write.format("noop").mode("overwrite").save()
+    _mark("end")
+    return {"series": models.count()}
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+
+def _side(measure: dict, series: int) -> dict:
+    per = measure["cpu_s"] / series if series else float("nan")
+    return {**measure, "series_measured": series, "core_s_per_series": round(per, 5)}
+
+
+def cmd_bench(args) -> int:
+    from tqdm import tqdm
+
+    home = Path(args.home or tempfile.mkdtemp(prefix="mm-bench-")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MM_HOME": str(home)}
+    bench_config(home, args.horizon, args.algorithm)
+    baseline_n = args.baseline_series or args.series
+    steps = ["generate", "ours", "baseline"] if args.task == "train" else ["generate", "setup", "ours", "baseline-setup", "baseline"]
+    bar = tqdm(total=len(steps), disable=args.json or not sys.stderr.isatty(), desc=f"bench {args.task}")
+
+    def step(name):
+        bar.set_postfix_str(name)
+
+    step("generate")
+    t0 = time.perf_counter()
+    rows = generate_into_lake(home, args.series, args.days, args.seed)
+    gen_s = time.perf_counter() - t0
+    bar.update()
+    report: dict = {"task": args.task, "series": args.series, "days": args.days, "rows": rows, "horizon": args.horizon,
+                    "cores": os.cpu_count(), "generate_s": round(gen_s, 1), "home": str(home)}
+    worker_args = ["--home", str(home)]
+    if args.task == "train":
+        step("ours")
+        ours = _side(run_measured(["worker", "ours-train", *worker_args], env), args.series)
+        bar.update()
+        step("baseline")
+        base = _side(run_measured(["worker", "baseline-train", *worker_args, "--series", str(baseline_n)], env), baseline_n)
+        bar.update()
+    else:
+        step("setup")
+        report["setup_train"] = run_measured(["worker", "ours-train", *worker_args], env)
+        report["setup_promote"] = run_measured(["worker", "promote-all", *worker_args], env)
+        bar.update()
+        step("ours")
+        ours = _side(run_measured(["worker", "ours-score", *worker_args], env), args.series)
+        bar.update()
+        step("baseline-setup")
+        run_measured(["worker", "baseline-fit-models", *worker_args, "--series", str(baseline_n)], env)
+        bar.update()
+        step("baseline")
+        base = _side(run_measured(["worker", "baseline-score", *worker_args, "--series", str(baseline_n)], env), baseline_n)
+        bar.update()
+    bar.close()
+    report["ours"] = ours
+    report["baseline"] = base
+    report["ratio_baseline_over_ours"] = round(base["core_s_per_series"] / ours["core_s_per_series"], 2) if ours["core_s_per_series"] else None
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def add_commands(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks: ours versus the standard applyInPandas+Prophet approach")
+    b.add_argument("task", choices=["train", "score"])
+    b.add_argument("--series", type=int, default=1000)
+    b.add_argument("--days", type=int, default=1000)
+    b.add_argument("--baseline-series", type=int, default=0, help="run the baseline on this many of the series")
+    b.add_argument("--horizon", type=int, default=28)
+    b.add_argument("--algorithm", default="prophet", help="ours: prophet (in-process fit) or prophet_library")
+    b.add_argument("--seed", type=int, default=42)
+    b.add_argument("--home", help="working folder (default: a new temp folder)")
+    b.add_argument("--json", action="store_true", help="one JSON line, no progress bar")
+    b.set_defaults(func=cmd_bench)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker(sys.argv[2:])
