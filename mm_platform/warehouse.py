@@ -2,12 +2,18 @@
 views a BI tool reads. Any SQLAlchemy URL; SQLite under ``$MM_HOME`` by default.
 
 Every write of a run replaces that run's rows inside one transaction, so readers never see
-a half-written run and reruns never duplicate rows.
+a half-written run and reruns never duplicate rows. On PostgreSQL (psycopg2) the rows are
+bulk-loaded with ``COPY`` into a temporary staging table first and then moved with one
+``INSERT ... SELECT`` in the same transaction as the delete; other databases get one
+``executemany`` (SQL Server through pyodbc with ``fast_executemany``, see ``mm_platform.sql``).
 """
 
 from __future__ import annotations
 
-from datetime import date
+import io
+import math
+import uuid
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -97,29 +103,32 @@ class Warehouse:
             return sa.Table(name, md, *cols)
         raise KeyError(name)
 
+    def _records(self, table: sa.Table, run_date: date, rows: pd.DataFrame) -> pd.DataFrame:
+        records = rows.assign(dataset=self.dataset, run_date=run_date)
+        cols = [c.name for c in table.columns if c.name in records.columns]
+        return records[cols].astype(object).where(records[cols].notna(), None)
+
     def replace_run(self, name: str, run_date: date, rows: pd.DataFrame) -> int:
         """Atomically replace this dataset's rows for ``run_date`` in table ``name``."""
         table = self._table(name, rows)
         table.metadata.create_all(self.engine, checkfirst=True)
-        records = rows.assign(dataset=self.dataset, run_date=run_date)
-        cols = [c.name for c in table.columns if c.name in records.columns]
-        records = records[cols].astype(object).where(records[cols].notna(), None)
+        records = self._records(table, run_date, rows)
         with self.engine.begin() as conn:
-            conn.execute(table.delete().where(table.c.dataset == self.dataset, table.c.run_date == run_date))
-            if len(records):
-                conn.execute(table.insert(), records.to_dict("records"))
+            staged = _stage(conn, table, records)  # bulk load first: the target is locked only briefly
+            conn.execute(self.delete_run_statement(table, run_date))
+            _insert(conn, table, records, staged)
         return len(records)
 
     def append(self, name: str, run_date: date, rows: pd.DataFrame) -> int:
         table = self._table(name, rows)
         table.metadata.create_all(self.engine, checkfirst=True)
-        records = rows.assign(dataset=self.dataset, run_date=run_date)
-        cols = [c.name for c in table.columns if c.name in records.columns]
-        records = records[cols].astype(object).where(records[cols].notna(), None)
+        records = self._records(table, run_date, rows)
         with self.engine.begin() as conn:
-            if len(records):
-                conn.execute(table.insert(), records.to_dict("records"))
+            _insert(conn, table, records, _stage(conn, table, records))
         return len(records)
+
+    def delete_run_statement(self, table: sa.Table, run_date: date) -> sa.Delete:
+        return table.delete().where(table.c.dataset == self.dataset, table.c.run_date == run_date)
 
     def read(self, sql: str, **params) -> pd.DataFrame:
         with self.engine.connect() as conn:
@@ -132,24 +141,8 @@ class Warehouse:
 
     def refresh_metrics(self, run_date: date) -> dict:
         """Aggregate accuracy per run into ``forecast_metrics`` and (re)create the BI views."""
-        md = sa.MetaData()
-        fm = sa.Table(
-            "forecast_metrics",
-            md,
-            sa.Column("dataset", sa.String(100), nullable=False),
-            sa.Column("run_date", sa.Date, nullable=False),
-            sa.Column("series", sa.Integer),
-            sa.Column("trained", sa.Integer),
-            sa.Column("skipped", sa.Integer),
-            sa.Column("failed", sa.Integer),
-            sa.Column("promoted", sa.Integer),
-            sa.Column("prediction_rows", sa.Integer),
-            sa.Column("median_wape", sa.Float),
-            sa.Column("median_mape", sa.Float),
-            sa.Column("median_naive_wape", sa.Float),
-            sa.Column("share_beating_naive", sa.Float),
-        )
-        md.create_all(self.engine, checkfirst=True)
+        fm = self._metrics_table()
+        fm.metadata.create_all(self.engine, checkfirst=True)
         report = self.read(
             "SELECT status, wape, mape, naive_wape FROM training_report WHERE dataset = :d AND run_date = :r",
             d=self.dataset,
@@ -187,33 +180,142 @@ class Warehouse:
             "share_beating_naive": float((both["wape"] < both["naive_wape"]).mean()) if len(both) else None,
         }
         with self.engine.begin() as conn:
-            conn.execute(fm.delete().where(fm.c.dataset == self.dataset, fm.c.run_date == run_date))
+            conn.execute(self.delete_run_statement(fm, run_date))
             conn.execute(fm.insert(), [row])
             self._create_views(conn)
         return row
 
+    @staticmethod
+    def _metrics_table() -> sa.Table:
+        return sa.Table(
+            "forecast_metrics",
+            sa.MetaData(),
+            sa.Column("dataset", sa.String(100), nullable=False),
+            sa.Column("run_date", sa.Date, nullable=False),
+            sa.Column("series", sa.Integer),
+            sa.Column("trained", sa.Integer),
+            sa.Column("skipped", sa.Integer),
+            sa.Column("failed", sa.Integer),
+            sa.Column("promoted", sa.Integer),
+            sa.Column("prediction_rows", sa.Integer),
+            sa.Column("median_wape", sa.Float),
+            sa.Column("median_mape", sa.Float),
+            sa.Column("median_naive_wape", sa.Float),
+            sa.Column("share_beating_naive", sa.Float),
+        )
+
+    def tables(self, sample: pd.DataFrame | None = None) -> list[sa.Table]:
+        """Every table the warehouse writes (for DDL review, e.g. compiling for another dialect)."""
+        return [*(self._table(n, sample) for n in ("predictions", "training_report", "promotion_log")), self._metrics_table()]
+
     def _create_views(self, conn) -> None:
-        views = {
-            # The newest scoring run's forecast for each series.
-            "v_latest_predictions": """
-                SELECT p.* FROM predictions p
-                JOIN (SELECT dataset, MAX(run_date) AS run_date FROM predictions GROUP BY dataset) m
-                  ON p.dataset = m.dataset AND p.run_date = m.run_date""",
-            # Holdout accuracy of the newest training run, one row per series.
-            "v_series_accuracy": """
-                SELECT t.* FROM training_report t
-                JOIN (SELECT dataset, MAX(run_date) AS run_date FROM training_report GROUP BY dataset) m
-                  ON t.dataset = m.dataset AND t.run_date = m.run_date""",
-            "v_run_summary": "SELECT * FROM forecast_metrics",
-            "v_promotion_log": "SELECT * FROM promotion_log",
-        }
         existing = set(sa.inspect(conn).get_table_names())
-        needed = {"v_latest_predictions": "predictions", "v_series_accuracy": "training_report", "v_promotion_log": "promotion_log"}
-        for name, body in views.items():
-            if needed.get(name, "forecast_metrics") not in existing:
+        for name, base in VIEW_BASES.items():
+            if base not in existing:
                 continue
-            conn.execute(sa.text(f"DROP VIEW IF EXISTS {name}"))
-            conn.execute(sa.text(f"CREATE VIEW {name} AS {body}"))
+            for stmt in view_statements(conn.dialect, name):
+                conn.execute(sa.text(stmt))
+
+
+# The BI views and the table each one reads.
+VIEWS = {
+    # The newest scoring run's forecast for each series.
+    "v_latest_predictions": """
+        SELECT p.* FROM predictions p
+        JOIN (SELECT dataset, MAX(run_date) AS run_date FROM predictions GROUP BY dataset) m
+          ON p.dataset = m.dataset AND p.run_date = m.run_date""",
+    # Holdout accuracy of the newest training run, one row per series.
+    "v_series_accuracy": """
+        SELECT t.* FROM training_report t
+        JOIN (SELECT dataset, MAX(run_date) AS run_date FROM training_report GROUP BY dataset) m
+          ON t.dataset = m.dataset AND t.run_date = m.run_date""",
+    "v_run_summary": "SELECT * FROM forecast_metrics",
+    "v_promotion_log": "SELECT * FROM promotion_log",
+}
+VIEW_BASES = {
+    "v_latest_predictions": "predictions",
+    "v_series_accuracy": "training_report",
+    "v_run_summary": "forecast_metrics",
+    "v_promotion_log": "promotion_log",
+}
+
+
+def view_statements(dialect: sa.Dialect, name: str) -> list[str]:
+    """SQL that (re)creates view ``name`` on ``dialect``.
+
+    SQL Server: ``CREATE OR ALTER VIEW`` (2016 SP1+; keeps grants, no moment without the
+    view). MySQL/MariaDB: ``CREATE OR REPLACE VIEW``. PostgreSQL cannot ``CREATE OR REPLACE``
+    a view whose columns changed, so it drops and creates, which is atomic there because
+    DDL is transactional. SQLite and others: drop and create.
+    """
+    quoted = dialect.identifier_preparer.quote(name)
+    body = VIEWS[name]
+    if dialect.name == "mssql":
+        return [f"CREATE OR ALTER VIEW {quoted} AS {body}"]
+    if dialect.name in ("mysql", "mariadb"):
+        return [f"CREATE OR REPLACE VIEW {quoted} AS {body}"]
+    return [f"DROP VIEW IF EXISTS {quoted}", f"CREATE VIEW {quoted} AS {body}"]
+
+
+# -- bulk load -----------------------------------------------------------------------------------
+
+
+def _is_psycopg2(conn) -> bool:
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2"
+
+
+def _stage(conn, table: sa.Table, records: pd.DataFrame) -> str | None:
+    """On PostgreSQL/psycopg2: COPY ``records`` into a temporary table like ``table`` (dropped at
+    commit) and return its name. Elsewhere: nothing to do (``None``)."""
+    if not len(records) or not _is_psycopg2(conn):
+        return None
+    q = conn.dialect.identifier_preparer.quote
+    stage = f"mm_stage_{table.name}_{uuid.uuid4().hex[:8]}"
+    conn.execute(sa.text(f"CREATE TEMPORARY TABLE {q(stage)} (LIKE {q(table.name)} INCLUDING DEFAULTS) ON COMMIT DROP"))
+    cols = ", ".join(q(c) for c in records.columns)
+    buf = io.StringIO(_copy_text(records))
+    # The DBAPI cursor of this SQLAlchemy connection: same session, same transaction.
+    with conn.connection.driver_connection.cursor() as cur:
+        cur.copy_expert(f"COPY {q(stage)} ({cols}) FROM STDIN", buf)
+    return stage
+
+
+def _insert(conn, table: sa.Table, records: pd.DataFrame, staged: str | None) -> None:
+    if not len(records):
+        return
+    if staged is not None:
+        q = conn.dialect.identifier_preparer.quote
+        cols = ", ".join(q(c) for c in records.columns)
+        conn.execute(sa.text(f"INSERT INTO {q(table.name)} ({cols}) SELECT {cols} FROM {q(staged)}"))
+        return
+    # One executemany; SQLAlchemy batches it (insertmanyvalues) and pyodbc uses fast_executemany.
+    conn.execute(table.insert(), records.to_dict("records"))
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_value(v) -> str:
+    """One value in PostgreSQL's COPY text format."""
+    if v is None:
+        return "\\N"
+    if isinstance(v, bool | np.bool_):
+        return "t" if v else "f"
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        if math.isnan(v):
+            return "\\N"
+        return repr(v)  # 'inf'/'-inf' are valid float input since PostgreSQL 12
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    return str(v).translate(_COPY_ESCAPES)
+
+
+def _copy_text(records: pd.DataFrame) -> str:
+    columns = [[_copy_value(v) for v in records[c].tolist()] for c in records.columns]
+    return "".join("\t".join(row) + "\n" for row in zip(*columns, strict=True))
 
 
 def _median(s: pd.Series) -> float | None:
