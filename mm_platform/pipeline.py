@@ -15,7 +15,7 @@ from mm_platform.config import DatasetConfig
 from mm_platform.forecasting.series import TRAINED
 from mm_platform.lake import Lake
 from mm_platform.promotion import evaluate
-from mm_platform.registry import ModelRegistry, RegisteredModel, model_name
+from mm_platform.registry import PRODUCTION_ALIAS, ModelRegistry, RegisteredModel, model_name
 from mm_platform.warehouse import Warehouse
 
 METRICS = ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")
@@ -122,6 +122,7 @@ def promote(
         )
         decided = set(zip(log["series_id"], log["training_version"].astype(int), strict=True))
     rows, already = [], 0
+    to_copy, promoted_rows = [], {}
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     for sid, cand in sorted(candidates.items()):
         prod = current.get(sid)
@@ -147,12 +148,13 @@ def promote(
             tags = {**cand.tags, "training_version": str(cand.version), "training_registry": _redact(training.tracking_uri),
                     "promoted_at": now.isoformat(), "promotion_run_date": str(run_date)}
             tags.pop("artifact_sha256", None)
-            (mv,) = production.register_many([(cand.name, data, tags)], run_name=f"promote-{cand.name}-v{cand.version}", run_tags={})
-            # The alias moves only after the new version is fully registered: a failure before
-            # this line leaves the series on its old production model.
-            production.set_production(mv)
-            row["production_version"] = mv.version
+            to_copy.append((cand.name, data, tags))
+            promoted_rows[cand.name] = row
         rows.append(row)
+    # All qualifying models are copied and their production aliases moved in one registry
+    # transaction (on database-backed registries): a failure leaves every series on its old model.
+    for mv in production.register_many(to_copy, run_name=f"{cfg.name}-promotion-{run_date}", run_tags={}, alias=PRODUCTION_ALIAS):
+        promoted_rows[mv.name]["production_version"] = mv.version
     decisions = pd.DataFrame(rows)
     if len(decisions):
         warehouse.append("promotion_log", run_date, decisions)
@@ -167,8 +169,8 @@ def production_by_series(production: ModelRegistry, dataset: str) -> dict[str, R
     while True:
         page = production.client.search_registered_models(f"tags.dataset = '{dataset}'", max_results=1000, page_token=token)
         for rm in page:
-            if "production" in (rm.aliases or {}):
-                aliases[rm.name] = int(rm.aliases["production"])
+            if PRODUCTION_ALIAS in (rm.aliases or {}):
+                aliases[rm.name] = int(rm.aliases[PRODUCTION_ALIAS])
         token = page.token
         if not token:
             break

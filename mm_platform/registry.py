@@ -147,9 +147,21 @@ class ModelRegistry:
         except MlflowException:  # created concurrently
             return self.client.get_experiment_by_name(self.experiment).experiment_id
 
-    def register_many(self, entries: list[tuple[str, bytes, dict[str, str]]], run_name: str, run_tags: dict) -> list[RegisteredModel]:
+    def register_many(
+        self,
+        entries: list[tuple[str, bytes, dict[str, str]]],
+        run_name: str,
+        run_tags: dict,
+        alias: str | None = None,
+    ) -> list[RegisteredModel]:
         """Register many (name, artifact bytes, tags) in one MLflow run: one artifact upload,
-        then one model version each."""
+        then one new model version each (optionally moving ``alias`` to it).
+
+        On a database-backed registry (SQLite, PostgreSQL, MySQL, SQL Server) the versions,
+        tags and aliases are written in one transaction through MLflow's own ORM models:
+        thousands of versions in seconds, and all or nothing. Other registries (an MLflow
+        server over HTTP) get one client call per model.
+        """
         self._check_writable()
         if not entries:
             return []
@@ -159,21 +171,32 @@ class ModelRegistry:
                 for name, data, _ in entries:
                     Path(tmp, f"{name}.json").write_bytes(data)
                 self.client.log_artifacts(run.info.run_id, tmp, artifact_path="models")
-            out = []
-            for name, data, tags in entries:
-                self._ensure_registered_model(name, tags)
-                mv = self.client.create_model_version(
-                    name,
-                    source=f"{run.info.artifact_uri}/models/{name}.json",
-                    run_id=run.info.run_id,
-                    tags={**tags, "artifact_sha256": _sha256(data)},
-                )
-                out.append(_to_registered(mv))
+            prepared = [
+                (name, f"{run.info.artifact_uri}/models/{name}.json", {**tags, "artifact_sha256": _sha256(data)})
+                for name, data, tags in entries
+            ]
+            store = self._sql_store()
+            if store is not None:
+                out = _bulk_register(store, prepared, run.info.run_id, alias)
+            else:
+                out = []
+                for name, source, tags in prepared:
+                    self._ensure_registered_model(name, tags)
+                    mv = _to_registered(self.client.create_model_version(name, source=source, run_id=run.info.run_id, tags=tags))
+                    if alias:
+                        self.client.set_registered_model_alias(name, alias, str(mv.version))
+                    out.append(mv)
             self.client.set_terminated(run.info.run_id, "FINISHED")
             return out
         except Exception:
             self.client.set_terminated(run.info.run_id, "FAILED")
             raise
+
+    def _sql_store(self):
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+        store = self.client._get_registry_client().store
+        return store if isinstance(store, SqlAlchemyStore) else None
 
     def _ensure_registered_model(self, name: str, tags: dict[str, str]) -> None:
         try:
@@ -187,6 +210,76 @@ class ModelRegistry:
     def set_production(self, model: RegisteredModel) -> None:
         self._check_writable()
         self.client.set_registered_model_alias(model.name, PRODUCTION_ALIAS, str(model.version))
+
+
+def _bulk_register(store, prepared: list[tuple[str, str, dict[str, str]]], run_id: str, alias: str | None) -> list[RegisteredModel]:
+    """New model versions for many registered models in one registry transaction."""
+    import sqlalchemy as sa
+    from mlflow.entities.model_registry.model_version_stages import STAGE_NONE
+    from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+    from mlflow.store.model_registry.dbmodels.models import (
+        SqlModelVersion,
+        SqlModelVersionTag,
+        SqlRegisteredModel,
+        SqlRegisteredModelAlias,
+        SqlRegisteredModelTag,
+    )
+    from mlflow.utils.time import get_current_time_millis
+    from mlflow.utils.validation import _validate_model_name
+
+    names = [name for name, _, _ in prepared]
+    if len(set(names)) != len(names):
+        raise ValueError("register_many got the same model name twice")
+    for name in names:
+        _validate_model_name(name)
+    now = get_current_time_millis()
+    ready = ModelVersionStatus.to_string(ModelVersionStatus.READY)
+    with store.ManagedSessionMaker(read_only=False) as session:
+        max_version: dict[str, int] = {}
+        existing: set[str] = set()
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            rows = (
+                session.query(SqlModelVersion.name, sa.func.max(SqlModelVersion.version))
+                .filter(SqlModelVersion.name.in_(chunk))
+                .group_by(SqlModelVersion.name)
+                .all()
+            )
+            max_version.update({n: int(v) for n, v in rows})
+            existing |= {n for (n,) in session.query(SqlRegisteredModel.name).filter(SqlRegisteredModel.name.in_(chunk))}
+        by_name = {name: (source, tags) for name, source, tags in prepared}
+        objects, out = [], []
+        for name in names:
+            source, tags = by_name[name]
+            version = max_version.get(name, 0) + 1
+            if name not in existing:
+                objects.append(store._with_workspace_field(SqlRegisteredModel(name=name, creation_time=now, last_updated_time=now)))
+                for k, v in tags.items():
+                    if k in ("dataset", "series_id") or k.startswith("key."):
+                        objects.append(store._with_workspace_field(SqlRegisteredModelTag(name=name, key=k, value=v)))
+            objects.append(
+                store._with_workspace_field(
+                    SqlModelVersion(
+                        name=name, version=version, creation_time=now, last_updated_time=now, source=source,
+                        storage_location=source, run_id=run_id, status=ready, current_stage=STAGE_NONE,
+                    )
+                )
+            )
+            for k, v in tags.items():
+                objects.append(store._with_workspace_field(SqlModelVersionTag(name=name, version=version, key=k, value=v)))
+            out.append(RegisteredModel(name, version, source, dict(tags), run_id))
+        session.add_all(objects)
+        session.flush()
+        if alias:
+            for i in range(0, len(names), 500):
+                chunk = names[i : i + 500]
+                session.query(SqlRegisteredModelAlias).filter(
+                    SqlRegisteredModelAlias.name.in_(chunk), SqlRegisteredModelAlias.alias == alias
+                ).delete(synchronize_session=False)
+            session.add_all(
+                [store._with_workspace_field(SqlRegisteredModelAlias(name=m.name, alias=alias, version=m.version)) for m in out]
+            )
+    return out
 
 
 def _quote(value: str) -> str:

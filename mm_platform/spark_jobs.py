@@ -34,6 +34,9 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
         "spark.driver.extraJavaOptions": "-Dlog4j2.level=ERROR",
+        # Per-series fits use small matrices: BLAS threads only contend with Spark's own parallelism.
+        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+        "spark.executorEnv.OMP_NUM_THREADS": "1",
     }
     if spark.master.startswith("sc://"):
         conf["spark.remote"] = spark.master
@@ -41,6 +44,9 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
         conf["spark.master"] = spark.master
         # Python workers must run this interpreter (the venv), whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # Local-mode Python workers inherit the driver's environment, not executorEnv.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
         conf["spark.pyspark.python"] = sys.executable
         conf["spark.pyspark.driver.python"] = sys.executable
         conf["spark.driver.memory"] = os.environ.get("MM_SPARK_DRIVER_MEMORY", "2g")

@@ -153,14 +153,9 @@ class ProphetLibrary(Prophet):
         from mm_platform.forecasting.prophet_fast import CompactProphet, make_prophet
 
         m = make_prophet(_prophet_spec(ctx))
-        kwargs = {"init": _plain_params(init)} if init else {}
+        kwargs = {"init": init} if init else {}  # prophet wants numpy arrays, as in CompactProphet.params
         m.fit(history, **kwargs)
         return ProphetModel(CompactProphet.from_prophet(m))
-
-
-def _plain_params(init: dict) -> dict:
-    """Prophet's init wants plain lists and floats."""
-    return {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in init.items()}
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Prophet(), ProphetLibrary(), SeasonalNaive())}

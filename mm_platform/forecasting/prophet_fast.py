@@ -87,8 +87,17 @@ class ProphetSpec:
             raise ValueError(f"seasonality_mode must be one of {_MODES}, got {self.seasonality_mode!r}")
         if self.regressor_mode is not None and self.regressor_mode not in _MODES:
             raise ValueError(f"regressor_mode must be None or one of {_MODES}, got {self.regressor_mode!r}")
-        # Accept lists (e.g. from JSON/YAML) but keep the dataclass hashable.
-        if not isinstance(self.regressors, tuple):
+        for name in ("changepoint_prior_scale", "seasonality_prior_scale", "regressor_prior_scale"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.changepoint_range) <= 1.0:
+            raise ValueError(f"changepoint_range must be in [0, 1], got {self.changepoint_range!r}")
+        if int(self.n_changepoints) < 0:
+            raise ValueError(f"n_changepoints must be >= 0, got {self.n_changepoints!r}")
+        # Accept a list (e.g. from JSON/YAML) or a single name, but keep the dataclass hashable.
+        if isinstance(self.regressors, str):
+            object.__setattr__(self, "regressors", (self.regressors,))
+        elif not isinstance(self.regressors, tuple):
             object.__setattr__(self, "regressors", tuple(self.regressors))
         if len(set(self.regressors)) != len(self.regressors):
             raise ValueError(f"duplicate regressor names in {self.regressors!r}")
@@ -150,9 +159,7 @@ def _make_preprocessor(spec: ProphetSpec) -> Prophet:
 def _as_ns(ds: Any) -> np.ndarray:
     """Dates as int64 nanoseconds since the epoch (numpy only)."""
     a = np.asarray(ds)
-    if a.dtype.kind != "M":
-        a = a.astype("datetime64[ns]")
-    elif a.dtype != np.dtype("datetime64[ns]"):
+    if a.dtype != np.dtype("datetime64[ns]"):
         a = a.astype("datetime64[ns]")
     if np.isnat(a).any():
         raise ValueError("ds contains NaT")
@@ -202,6 +209,8 @@ class CompactProphet:
         self.beta = np.asarray(self.beta, dtype=np.float64).reshape(-1)
         self.seasonalities = [(str(n), float(p), int(o), str(md)) for n, p, o, md in self.seasonalities]
         self.regressors = [(str(n), float(mu), float(sd), str(md)) for n, mu, sd, md in self.regressors]
+        if self.t_scale_ns <= 0 or not (np.isfinite(self.y_scale) and self.y_scale > 0):
+            raise ValueError(f"bad scaling: t_scale_ns={self.t_scale_ns}, y_scale={self.y_scale}")
         if self.delta.shape != self.changepoints_t.shape:
             raise ValueError(
                 f"delta has {self.delta.size} entries but there are {self.changepoints_t.size} changepoints"
@@ -905,7 +914,7 @@ def _prepare_numpy(history: pd.DataFrame, spec: ProphetSpec) -> _Prepared | None
     start, last = int(ns[0]), int(ns[-1])
     t_scale = last - start
     if t_scale == 0:
-        return None  # a single distinct date: leave it to Prophet
+        raise ValueError("history needs at least 2 distinct dates (ds) with non-NaN y")
 
     # initialize_scales (absmax scaling, floor 0)
     y_scale = float(np.abs(y).max())
@@ -1054,6 +1063,8 @@ def _prepare(history: pd.DataFrame, spec: ProphetSpec, preprocess: str = "auto")
         if preprocess == "numpy":
             raise ValueError("input is not plain enough for the numpy preprocessing")
         prep = _prepare_prophet(history, spec)
+    if prep.t_scale_ns <= 0:
+        raise ValueError("history needs at least 2 distinct dates (ds) with non-NaN y")
     return prep
 
 
