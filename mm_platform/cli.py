@@ -121,6 +121,37 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    from mm_platform.lake import Lake
+    from mm_platform.pipeline import failed_series, train_and_register, training_registry
+    from mm_platform.spark_jobs import get_session
+    from mm_platform.warehouse import Warehouse
+
+    cfg = load_config(args.config)
+    wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
+    run_date, series = failed_series(wh, args.run_date)
+    if not series:
+        print(json.dumps({"run_date": str(run_date) if run_date else None, "retrained": 0, "note": "no failed series"}))
+        return 0
+    spark = get_session(cfg.spark)
+    outcome = train_and_register(spark, Lake(cfg.storage.lake_url), cfg, run_date, training_registry(cfg), wh, "retrain-failed", series)
+    print(json.dumps({"run_date": str(run_date), "retried": len(series), "registered": outcome.registered,
+                      "still_failed": outcome.failed, "skipped": outcome.skipped}))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from mm_platform.pipeline import production_registry, rollback
+    from mm_platform.warehouse import Warehouse
+
+    cfg = load_config(args.config)
+    log = rollback(cfg, production_registry(cfg, writable=True), Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys),
+                   args.series, args.to_version)
+    for row in log.to_dict("records"):
+        print(json.dumps({k: row[k] for k in ("series_id", "model_name", "production_version", "reasons")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm-platform", description="Many models at scale: train, promote, score, serve.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ephemeral", action="store_true", help="do not record the run in $DAGSTER_HOME")
     r.set_defaults(func=cmd_run)
 
+    t = sub.add_parser("retrain", help="retrain only the series that failed in the last training run")
+    t.add_argument("--failed", action="store_true", required=True, help="retrain the failed series (required)")
+    t.add_argument("--config")
+    t.add_argument("--run-date", type=_date, help="the training run to repair (default: the newest)")
+    t.set_defaults(func=cmd_retrain)
+
+    rb = sub.add_parser("rollback", help="point series back at an earlier production model version")
+    rb.add_argument("--series", nargs="+", required=True, metavar="SERIES_ID", help="series ids such as store=3,item=17")
+    rb.add_argument("--to-version", type=_positive, help="production version to restore (default: the previous one)")
+    rb.add_argument("--config")
+    rb.set_defaults(func=cmd_rollback)
+
     # Other concerns add their subcommands here: each module has add_commands(subparsers).
     import importlib
 
@@ -159,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, ValueError, PermissionError, FileNotFoundError) as err:
+        # Bad input gets one clear line, not a traceback.
         print(f"mm-platform: {err}", file=sys.stderr)
         return 2
 

@@ -91,6 +91,13 @@ class AlgorithmConfig(_Strict):
     interval_coverage: float = Field(0.9, gt=0, lt=1)
 
 
+class TrainingConfig(_Strict):
+    # Like Azure ML parallel jobs' error_threshold: past it the run fails instead of registering.
+    max_failed_fraction: float | None = Field(0.2, ge=0, le=1, description="fail the run above this share of failed series")
+    max_failed_count: int | None = Field(None, ge=0, description="fail the run above this many failed series")
+    fit_timeout_seconds: float | None = Field(60.0, gt=0, description="per-series limit; a slower fit is marked failed")
+
+
 class PromotionRules(_Strict):
     max_wape: float | None = Field(0.5, gt=0, description="holdout WAPE must be at most this")
     max_mape: float | None = Field(None, gt=0, description="holdout MAPE must be at most this")
@@ -140,6 +147,7 @@ class DatasetConfig(_Strict):
         7, ge=0, description="source rows this many days before the lake watermark are re-read (late corrections)"
     )
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     promotion: PromotionRules = Field(default_factory=PromotionRules)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

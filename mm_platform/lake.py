@@ -1,5 +1,13 @@
 """The lake: Parquet files in a folder or any fsspec URL (``abfs://container/path``).
 
+Credentials never come from the config: for ``abfs://``/``abfss://``/``az://`` lakes (Azure
+Data Lake Storage / Blob through adlfs) they are read from the environment, in this order:
+``AZURE_STORAGE_CONNECTION_STRING``; ``AZURE_STORAGE_ACCOUNT_NAME`` (or the account in the URL,
+``abfs://container@account.dfs.core.windows.net/path``) with ``AZURE_STORAGE_ACCOUNT_KEY`` or
+``AZURE_STORAGE_SAS_TOKEN``; a service principal (``AZURE_STORAGE_CLIENT_ID``/``_SECRET``/
+``TENANT_ID``); otherwise ``DefaultAzureCredential`` (managed identity, workload identity,
+``az login``...).
+
 Raw tables are stored one file per month and described by a small JSON manifest. A write
 puts new month files beside the old ones and then replaces the manifest in one rename, so
 a reader (or a run killed mid-copy) sees the table either as it was or fully updated,
@@ -9,6 +17,7 @@ never half. Upserts on (keys, date) make re-copying the same rows a no-op.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterable
 
@@ -17,13 +26,46 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mm_platform.faults import fault_point
+
 MANIFEST = "_manifest.json"
+AZURE_PROTOCOLS = ("abfs", "abfss", "az")
+_SECRET_MARKERS = ("accountkey=", "sharedaccesssignature=", "sig=", "client_secret=")
+
+
+class LakeCredentialsError(ValueError):
+    """Credentials were put in the lake URL instead of the environment."""
+
+
+def storage_options(url: str) -> dict:
+    """Filesystem options for the lake at ``url``; credentials only from the environment."""
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if protocol not in AZURE_PROTOCOLS:
+        return {}
+    if any(m in url.lower() for m in _SECRET_MARKERS):
+        raise LakeCredentialsError(
+            "the lake URL carries a credential; set AZURE_STORAGE_CONNECTION_STRING or "
+            "AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY in the environment instead"
+        )
+    env = os.environ
+    if env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        return {"connection_string": env["AZURE_STORAGE_CONNECTION_STRING"]}
+    opts: dict = {}
+    if env.get("AZURE_STORAGE_ACCOUNT_NAME"):
+        opts["account_name"] = env["AZURE_STORAGE_ACCOUNT_NAME"]
+    if env.get("AZURE_STORAGE_ACCOUNT_KEY"):
+        opts["account_key"] = env["AZURE_STORAGE_ACCOUNT_KEY"]
+    elif env.get("AZURE_STORAGE_SAS_TOKEN"):
+        opts["sas_token"] = env["AZURE_STORAGE_SAS_TOKEN"]
+    elif not env.get("AZURE_STORAGE_CLIENT_ID"):
+        opts["anon"] = False  # adlfs then authenticates with DefaultAzureCredential
+    return opts
 
 
 class Lake:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options(self.url))
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -109,6 +151,7 @@ class Lake:
         watermark = str(rows[date_col].max().date())
         if manifest.get("watermark") and manifest["watermark"] > watermark:
             watermark = manifest["watermark"]
+        fault_point("lake.before_manifest")  # new files written, manifest not yet swapped
         superseded = [files[m] for m in new_files if m in files]
         files.update(new_files)
         self._write_manifest(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import getpass
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pandas as pd
 
@@ -93,6 +93,112 @@ def register_model_set(
     )
 
 
+class ErrorThresholdExceeded(RuntimeError):
+    """Too many series failed: the run stops instead of registering a damaged model set."""
+
+
+def check_error_threshold(results: pd.DataFrame, cfg: DatasetConfig) -> None:
+    failed = results[results["status"] == "failed"]
+    n, total = len(failed), len(results)
+    limits = cfg.training
+    over_count = limits.max_failed_count is not None and n > limits.max_failed_count
+    over_share = limits.max_failed_fraction is not None and total and n / total > limits.max_failed_fraction
+    if over_count or over_share:
+        reasons = failed["reason"].value_counts().head(5)
+        top = "; ".join(f"{cnt}x {why}" for why, cnt in reasons.items())
+        raise ErrorThresholdExceeded(
+            f"{n} of {total} series failed to train, over the error threshold "
+            f"(training.max_failed_fraction={limits.max_failed_fraction}, training.max_failed_count={limits.max_failed_count}); "
+            f"nothing was registered. Most common reasons: {top}"
+        )
+
+
+def train_and_register(
+    spark, lake: Lake, cfg: DatasetConfig, run_date: date, registry: ModelRegistry, warehouse: Warehouse, run_id: str,
+    only_series: list[str] | None = None,
+) -> TrainingOutcome:
+    """The model_set step: train every series of the run date's training set (or only
+    ``only_series``), check the error threshold, register, and write the training report."""
+    from pyspark.sql import functions as F
+
+    from mm_platform.spark_jobs import read_training_set, train_model_set
+
+    training_set = read_training_set(spark, lake, cfg, run_date)
+    if only_series is not None:
+        training_set = training_set.where(F.col("series_id").isin(list(only_series)))
+    results = train_model_set(training_set, cfg)
+    try:
+        check_error_threshold(results, cfg)
+    except ErrorThresholdExceeded:
+        report = results.drop(columns=["model_json"]).assign(algorithm=cfg.algorithm.name, training_run_id=run_id)
+        _write_report(warehouse, run_date, report, only_series)
+        raise
+    outcome = register_model_set(results, cfg, registry, run_date, run_id)
+    _write_report(warehouse, run_date, outcome.report, only_series)
+    return outcome
+
+
+def _write_report(warehouse: Warehouse, run_date: date, report: pd.DataFrame, only_series: list[str] | None) -> None:
+    if only_series is None:
+        warehouse.replace_run("training_report", run_date, report)
+        return
+    # A retrain of some series replaces just their rows, in one transaction.
+    table = warehouse._table("training_report", report)
+    table.metadata.create_all(warehouse.engine, checkfirst=True)
+    records = warehouse._records(table, run_date, report)
+    with warehouse.engine.begin() as conn:
+        conn.execute(
+            table.delete().where(
+                table.c.dataset == warehouse.dataset, table.c.run_date == run_date, table.c.series_id.in_(list(only_series))
+            )
+        )
+        if len(records):
+            conn.execute(table.insert(), records.to_dict("records"))
+
+
+def failed_series(warehouse: Warehouse, run_date: date | None = None) -> tuple[date | None, list[str]]:
+    """The series that failed in the newest training run (or in ``run_date``'s)."""
+    if not warehouse.has_table("training_report"):
+        return None, []
+    if run_date is None:
+        last = warehouse.read("SELECT MAX(run_date) AS r FROM training_report WHERE dataset = :d", d=warehouse.dataset)["r"].iloc[0]
+        if last is None:
+            return None, []
+        run_date = date.fromisoformat(str(last)[:10])
+    rows = warehouse.read(
+        "SELECT series_id FROM training_report WHERE dataset = :d AND run_date = :r AND status = 'failed'",
+        d=warehouse.dataset, r=run_date,
+    )
+    return run_date, sorted(rows["series_id"])
+
+
+def rollback(
+    cfg: DatasetConfig, production: ModelRegistry, warehouse: Warehouse, series: list[str], to_version: int | None = None,
+    decided_by: str | None = None,
+) -> pd.DataFrame:
+    """Point each series' production alias back at an earlier version (the previous one, or
+    ``to_version``) and record it in the promotion log."""
+    current = production_by_series(production, cfg.name)
+    rows = []
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for sid in series:
+        cur = current.get(sid)
+        if cur is None:
+            raise ValueError(f"series {sid!r} has no production model in {production.tracking_uri}")
+        versions = sorted(v.version for v in production.search(cfg.name, f"tags.series_id = '{sid}'"))
+        target = to_version if to_version is not None else max((v for v in versions if v < cur.version), default=None)
+        if target is None or target not in versions:
+            raise ValueError(f"series {sid!r}: no production version {to_version or 'before ' + str(cur.version)} to roll back to; versions: {versions}")
+        production.client.set_registered_model_alias(cur.name, PRODUCTION_ALIAS, str(target))
+        rows.append({"series_id": sid, "model_name": cur.name, "training_version": None, "production_version": target,
+                     "action": "rollback", "reasons": f"rolled back from version {cur.version}",
+                     "decided_by": decided_by or f"mm-platform rollback ({getpass.getuser()})", "decided_at": now})
+    log = pd.DataFrame(rows)
+    if len(log):
+        warehouse.append("promotion_log", now.date(), log)
+    return log
+
+
 @dataclass
 class PromotionOutcome:
     decisions: pd.DataFrame
@@ -123,7 +229,7 @@ def promote(
         decided = set(zip(log["series_id"], log["training_version"].astype(int), strict=True))
     rows, already = [], 0
     to_copy, promoted_rows = [], {}
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     for sid, cand in sorted(candidates.items()):
         prod = current.get(sid)
         if (prod and prod.tags.get("training_version") == str(cand.version)) or (sid, cand.version) in decided:

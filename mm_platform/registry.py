@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlparse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mm_platform.faults import fault_point
+
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -270,6 +272,7 @@ def _bulk_register(store, prepared: list[tuple[str, str, dict[str, str]]], run_i
             out.append(RegisteredModel(name, version, source, dict(tags), run_id))
         session.add_all(objects)
         session.flush()
+        fault_point("registry.before_commit")  # versions written, transaction not committed
         if alias:
             for i in range(0, len(names), 500):
                 chunk = names[i : i + 500]

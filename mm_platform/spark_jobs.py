@@ -54,12 +54,19 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
     return conf
 
 
+# Settings a Spark Connect client cannot change on the server (the server's own launch sets them).
+_CONNECT_SERVER_SIDE = ("spark.master", "spark.ui.", "spark.driver.", "spark.pyspark.", "spark.executor.")
+
+
 def get_session(spark: SparkConfig) -> SparkSession:
+    connect = spark.master.startswith("sc://")
     builder = SparkSession.builder
     for k, v in spark_conf(spark).items():
+        if connect and k.startswith(_CONNECT_SERVER_SIDE):
+            continue
         builder = builder.config(k, v)
     session = builder.getOrCreate()
-    if not spark.master.startswith("sc://"):
+    if not connect:  # no SparkContext on Spark Connect
         session.sparkContext.setLogLevel("ERROR")
     return session
 
@@ -74,12 +81,24 @@ def training_set_uri(lake: Lake, cfg: DatasetConfig, run_date: date) -> str:
 
 def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date) -> dict:
     """Lake raw table -> per-series training data (ds, y, regressors), bucketed by series and
-    sorted within each file so reading one series touches one bucket."""
-    files = [lake.uri("raw", cfg.source.table, rel) for rel in sorted(lake.read_manifest(cfg.source.table)["files"].values())]
-    if not files:
+    sorted within each file so reading one series touches one bucket.
+
+    A local (or shared-volume) lake is read and written by Spark itself. Any other lake
+    (``abfs://``...) is read with pyarrow through fsspec in the driver, handed to Spark with
+    ``createDataFrame``, and the result written back through fsspec in the same layout: the
+    Spark here has no hadoop-azure connector, and this works on every master, Spark Connect too.
+    """
+    manifest_files = sorted(lake.read_manifest(cfg.source.table)["files"].values())
+    if not manifest_files:
         raise ValueError(f"the lake has no data for table {cfg.source.table!r}: materialize raw_sales first")
     cols = cfg.columns
-    raw = spark.read.parquet(*files)
+    if lake.is_local():
+        raw = spark.read.parquet(*[lake.uri("raw", cfg.source.table, rel) for rel in manifest_files])
+    else:
+        wanted = [cols.date, cols.target, *cols.keys, *cols.regressors]
+        pdf = lake.read_raw(cfg.source.table, columns=wanted, filters=[(cols.date, "<=", pd.Timestamp(run_date))])
+        pdf[cols.date] = pd.to_datetime(pdf[cols.date]).astype("datetime64[us]")
+        raw = spark.createDataFrame(pdf)
     df = (
         raw.where(F.col(cols.date) <= F.lit(run_date).cast("timestamp"))
         .select(
@@ -92,6 +111,10 @@ def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run
         .withColumn("bucket", F.pmod(F.xxhash64("series_id"), F.lit(N_BUCKETS)))
     )
     out = training_set_uri(lake, cfg, run_date)
+    if not lake.is_local():
+        pdf = df.toPandas()
+        _write_buckets(lake, lake.path("training_sets", cfg.name, f"run_date={run_date}"), pdf)
+        return {"rows": len(pdf), "series": int(pdf["series_id"].nunique()), "path": out}
     (
         df.repartition("bucket")
         .sortWithinPartitions("series_id", "ds")
@@ -103,8 +126,39 @@ def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run
     return {"rows": int(stats["rows"]), "series": int(stats["series"]), "path": out}
 
 
+def _write_buckets(lake: Lake, folder: str, pdf: pd.DataFrame) -> None:
+    """The layout Spark's ``partitionBy("bucket")`` writes (``bucket=N/part-*.parquet``, rows
+    sorted by series and date, no bucket column inside the files), through fsspec."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if lake.fs.exists(folder):
+        lake.fs.rm(folder, recursive=True)
+    for bucket, part in pdf.groupby("bucket", sort=True):
+        part = part.drop(columns="bucket").sort_values(["series_id", "ds"], kind="stable")
+        path = f"{folder}/bucket={int(bucket)}/part-00000.parquet"
+        lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        pq.write_table(
+            pa.Table.from_pandas(part, preserve_index=False), path, filesystem=lake.fs,
+            coerce_timestamps="us", allow_truncated_timestamps=True,
+        )
+    with lake.fs.open(f"{folder}/_SUCCESS", "wb"):
+        pass
+
+
 def read_training_set(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date) -> DataFrame:
-    return spark.read.parquet(training_set_uri(lake, cfg, run_date))
+    if lake.is_local():
+        return spark.read.parquet(training_set_uri(lake, cfg, run_date))
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    folder = lake.path("training_sets", cfg.name, f"run_date={run_date}")
+    partitioning = pads.partitioning(pa.schema([("bucket", pa.int32())]), flavor="hive")
+    # (files starting with "_" or ".", like _SUCCESS, are skipped by default)
+    table = pads.dataset(folder, filesystem=lake.fs, format="parquet", partitioning=partitioning).to_table()
+    pdf = table.to_pandas()
+    pdf["ds"] = pd.to_datetime(pdf["ds"]).astype("datetime64[us]")
+    return spark.createDataFrame(pdf)
 
 
 RESULT_FIELDS = [
@@ -131,6 +185,7 @@ def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
         prophet=cfg.algorithm.prophet.model_dump(exclude={"regressor_prior_scale"})
         | {"regressor_prior_scale": cfg.algorithm.prophet.regressor_prior_scale},
         interval_coverage=cfg.algorithm.interval_coverage,
+        fit_timeout_seconds=cfg.training.fit_timeout_seconds,
     )
 
 

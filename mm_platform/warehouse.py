@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from mm_platform.faults import fault_point
 from mm_platform.sql import create_engine
 
 PREDICTION_COLUMNS = ["series_id", "ds", "yhat", "yhat_lower", "yhat_upper", "model_name", "model_version"]
@@ -116,6 +117,7 @@ class Warehouse:
         with self.engine.begin() as conn:
             staged = _stage(conn, table, records)  # bulk load first: the target is locked only briefly
             conn.execute(self.delete_run_statement(table, run_date))
+            fault_point("warehouse.after_delete")  # old rows deleted, new ones not inserted, not committed
             _insert(conn, table, records, staged)
         return len(records)
 
@@ -143,24 +145,19 @@ class Warehouse:
         """Aggregate accuracy per run into ``forecast_metrics`` and (re)create the BI views."""
         fm = self._metrics_table()
         fm.metadata.create_all(self.engine, checkfirst=True)
-        report = self.read(
-            "SELECT status, wape, mape, naive_wape FROM training_report WHERE dataset = :d AND run_date = :r",
-            d=self.dataset,
-            r=run_date,
-        ) if self.has_table("training_report") else pd.DataFrame(columns=["status", "wape", "mape", "naive_wape"])
+        report = (
+            self.read(METRIC_QUERIES["report"], d=self.dataset, r=run_date)
+            if self.has_table("training_report")
+            else pd.DataFrame(columns=["status", "wape", "mape", "naive_wape"])
+        )
         trained = report[report["status"] == "trained"]
         promoted = (
-            int(self.read(
-                "SELECT COUNT(*) AS n FROM promotion_log WHERE dataset = :d AND run_date = :r AND action = 'promoted'",
-                d=self.dataset, r=run_date,
-            )["n"].iloc[0])
+            int(self.read(METRIC_QUERIES["promoted"], d=self.dataset, r=run_date)["n"].iloc[0])
             if self.has_table("promotion_log")
             else 0
         )
         pred_rows = (
-            int(self.read(
-                "SELECT COUNT(*) AS n FROM predictions WHERE dataset = :d AND run_date = :r", d=self.dataset, r=run_date
-            )["n"].iloc[0])
+            int(self.read(METRIC_QUERIES["prediction_rows"], d=self.dataset, r=run_date)["n"].iloc[0])
             if self.has_table("predictions")
             else 0
         )
@@ -216,6 +213,13 @@ class Warehouse:
             for stmt in view_statements(conn.dialect, name):
                 conn.execute(sa.text(stmt))
 
+
+# The queries refresh_metrics runs (plain SQL every supported dialect accepts).
+METRIC_QUERIES = {
+    "report": "SELECT status, wape, mape, naive_wape FROM training_report WHERE dataset = :d AND run_date = :r",
+    "promoted": "SELECT COUNT(*) AS n FROM promotion_log WHERE dataset = :d AND run_date = :r AND action = 'promoted'",
+    "prediction_rows": "SELECT COUNT(*) AS n FROM predictions WHERE dataset = :d AND run_date = :r",
+}
 
 # The BI views and the table each one reads.
 VIEWS = {
@@ -273,10 +277,15 @@ def _stage(conn, table: sa.Table, records: pd.DataFrame) -> str | None:
     stage = f"mm_stage_{table.name}_{uuid.uuid4().hex[:8]}"
     conn.execute(sa.text(f"CREATE TEMPORARY TABLE {q(stage)} (LIKE {q(table.name)} INCLUDING DEFAULTS) ON COMMIT DROP"))
     cols = ", ".join(q(c) for c in records.columns)
-    buf = io.StringIO(_copy_text(records))
+    buf = io.StringIO(_copy_text(records, table))
     # The DBAPI cursor of this SQLAlchemy connection: same session, same transaction.
-    with conn.connection.driver_connection.cursor() as cur:
-        cur.copy_expert(f"COPY {q(stage)} ({cols}) FROM STDIN", buf)
+    copy = f"COPY {q(stage)} ({cols}) FROM STDIN"
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.copy_expert(copy, buf)
+    except dbapi.Error as exc:  # raise it as SQLAlchemy would (IntegrityError, DataError...)
+        raise sa.exc.DBAPIError.instance(copy, None, exc, dbapi.Error) from exc
     return stage
 
 
@@ -295,8 +304,9 @@ def _insert(conn, table: sa.Table, records: pd.DataFrame, staged: str | None) ->
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_value(v) -> str:
-    """One value in PostgreSQL's COPY text format."""
+def _copy_value(v, integer: bool = False) -> str:
+    """One value in PostgreSQL's COPY text format (``integer``: the column is an integer type,
+    so integral floats, as pandas makes of integer columns with missing values, lose their ``.0``)."""
     if v is None:
         return "\\N"
     if isinstance(v, bool | np.bool_):
@@ -305,6 +315,8 @@ def _copy_value(v) -> str:
         v = float(v)
         if math.isnan(v):
             return "\\N"
+        if integer and v.is_integer():
+            return str(int(v))
         return repr(v)  # 'inf'/'-inf' are valid float input since PostgreSQL 12
     if isinstance(v, int | np.integer):
         return str(int(v))
@@ -313,8 +325,10 @@ def _copy_value(v) -> str:
     return str(v).translate(_COPY_ESCAPES)
 
 
-def _copy_text(records: pd.DataFrame) -> str:
-    columns = [[_copy_value(v) for v in records[c].tolist()] for c in records.columns]
+def _copy_text(records: pd.DataFrame, table: sa.Table) -> str:
+    columns = [
+        [_copy_value(v, isinstance(table.c[c].type, sa.Integer)) for v in records[c].tolist()] for c in records.columns
+    ]
     return "".join("\t".join(row) + "\n" for row in zip(*columns, strict=True))
 
 

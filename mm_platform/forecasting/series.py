@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -36,6 +39,7 @@ class TrainSpec:
     regressors: tuple[str, ...] = ()
     prophet: dict = field(default_factory=dict)
     interval_coverage: float = 0.9
+    fit_timeout_seconds: float | None = None
 
     @property
     def fit_context(self) -> FitContext:
@@ -94,6 +98,8 @@ def check_series(history: pd.DataFrame, spec: TrainSpec) -> tuple[str, str] | No
     observed = np.isfinite(y)
     if not observed.any():
         return SKIPPED, "all target values missing"
+    if (y[observed] == 0).all():
+        return SKIPPED, "all target values are zero"
     if observed.sum() < spec.min_history:
         return SKIPPED, f"history of {int(observed.sum())} observations is shorter than min_history={spec.min_history}"
     for r in spec.regressors:
@@ -110,45 +116,73 @@ def _interval_sigma(actual: np.ndarray, forecast: np.ndarray) -> float:
     return float(np.sqrt(np.mean((actual[ok] - forecast[ok]) ** 2)))
 
 
+class FitTimeout(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise FitTimeout in the main thread after ``seconds`` (a no-op elsewhere or when None)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise FitTimeout(f"fit exceeded the per-series time limit of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def train_series(history: pd.DataFrame, spec: TrainSpec) -> TrainResult:
     """Train one series. ``history`` has columns ds, y and the regressors; never raises for bad data."""
     started = time.process_time()
     try:
-        history = history[["ds", "y", *spec.regressors]].copy()
-        history["ds"] = pd.to_datetime(history["ds"])
-        problem = check_series(history, spec)
-        fp = fingerprint(history.sort_values("ds"), ["ds", "y", *spec.regressors]) if len(history) else ""
-        n_obs = int(np.isfinite(history["y"].to_numpy(dtype=np.float64)).sum())
-        last = str(history["ds"].max().date()) if len(history) else None
-        if problem:
-            return TrainResult(problem[0], problem[1], n_obs, last, fp)
-        history = regularize(history, spec.freq, spec.regressors)
-        train, test = history.iloc[: -spec.holdout], history.iloc[-spec.holdout :]
-        ctx = spec.fit_context
-        family = get_family(spec.family)
-
-        test_ds = test["ds"].to_numpy()
-        test_regs = {r: test[r].to_numpy(dtype=np.float64) for r in spec.regressors}
-        actual = test["y"].to_numpy(dtype=np.float64)
-
-        first = family.fit(train, ctx)
-        holdout_forecast = first.predict(test_ds, test_regs)
-        naive_forecast = SeasonalNaive().fit(train, ctx).predict(test_ds)
-        metrics = all_metrics(actual, holdout_forecast) | all_metrics(actual, naive_forecast, prefix="naive_")
-
-        # One training pass: the holdout fit warm-starts the final fit on all data.
-        final = family.fit(history, ctx, init=first.warm_start)
-        # The model artifact: the family's compact form plus what forecasting needs to know.
-        model = {"family": spec.family, "model": final.to_dict()}
-        model["interval_sigma"] = _interval_sigma(actual, holdout_forecast)
-        model["interval_coverage"] = spec.interval_coverage
-        model["freq"] = spec.freq
-        model["last_ds"] = str(history["ds"].iloc[-1].date())
-        model["regressor_names"] = list(spec.regressors)
-        model["last_regressors"] = {r: float(history[r].iloc[-1]) for r in spec.regressors}
-        return TrainResult(TRAINED, "", n_obs, last, fp, metrics, model, time.process_time() - started)
+        with time_limit(spec.fit_timeout_seconds):
+            return _train_series(history, spec, started)
     except Exception as exc:  # one bad series never fails the run: it is reported instead
         return TrainResult(FAILED, f"{type(exc).__name__}: {exc}"[:500], fit_seconds=time.process_time() - started)
+
+
+def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float) -> TrainResult:
+    history = history[["ds", "y", *spec.regressors]].copy()
+    history["ds"] = pd.to_datetime(history["ds"])
+    problem = check_series(history, spec)
+    fp = fingerprint(history.sort_values("ds"), ["ds", "y", *spec.regressors]) if len(history) else ""
+    n_obs = int(np.isfinite(history["y"].to_numpy(dtype=np.float64)).sum())
+    last = str(history["ds"].max().date()) if len(history) else None
+    if problem:
+        return TrainResult(problem[0], problem[1], n_obs, last, fp)
+    history = regularize(history, spec.freq, spec.regressors)
+    train, test = history.iloc[: -spec.holdout], history.iloc[-spec.holdout :]
+    ctx = spec.fit_context
+    family = get_family(spec.family)
+
+    test_ds = test["ds"].to_numpy()
+    test_regs = {r: test[r].to_numpy(dtype=np.float64) for r in spec.regressors}
+    actual = test["y"].to_numpy(dtype=np.float64)
+
+    first = family.fit(train, ctx)
+    holdout_forecast = first.predict(test_ds, test_regs)
+    naive_forecast = SeasonalNaive().fit(train, ctx).predict(test_ds)
+    metrics = all_metrics(actual, holdout_forecast) | all_metrics(actual, naive_forecast, prefix="naive_")
+
+    # One training pass: the holdout fit warm-starts the final fit on all data.
+    final = family.fit(history, ctx, init=first.warm_start)
+    # The model artifact: the family's compact form plus what forecasting needs to know.
+    model = {"family": spec.family, "model": final.to_dict()}
+    model["interval_sigma"] = _interval_sigma(actual, holdout_forecast)
+    model["interval_coverage"] = spec.interval_coverage
+    model["freq"] = spec.freq
+    model["last_ds"] = str(history["ds"].iloc[-1].date())
+    model["regressor_names"] = list(spec.regressors)
+    model["last_regressors"] = {r: float(history[r].iloc[-1]) for r in spec.regressors}
+    return TrainResult(TRAINED, "", n_obs, last, fp, metrics, model, time.process_time() - started)
 
 
 def future_dates(last_ds: str, horizon: int, freq: str) -> np.ndarray:

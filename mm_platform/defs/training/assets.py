@@ -5,8 +5,8 @@ from dagster_pyspark import PySparkResource
 
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
-from mm_platform.pipeline import register_model_set
-from mm_platform.spark_jobs import build_training_sets, read_training_set, train_model_set
+from mm_platform.pipeline import ErrorThresholdExceeded, train_and_register
+from mm_platform.spark_jobs import build_training_sets
 
 
 @dg.asset(
@@ -46,10 +46,12 @@ def model_set(
 ) -> dg.MaterializeResult:
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
-    results = train_model_set(read_training_set(pyspark.spark_session, lake.lake(), cfg, run_date), cfg)
-    outcome = register_model_set(results, cfg, training_registry.registry(), run_date, context.run_id)
-    wh = warehouse.warehouse()
-    wh.replace_run("training_report", run_date, outcome.report)
+    try:
+        outcome = train_and_register(
+            pyspark.spark_session, lake.lake(), cfg, run_date, training_registry.registry(), warehouse.warehouse(), context.run_id
+        )
+    except ErrorThresholdExceeded as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
     trained = outcome.report[outcome.report["status"] == "trained"]
     problems = outcome.report[outcome.report["status"] != "trained"][["series_id", "status", "reason"]]
     summary = trained[["wape", "mape", "rmse", "naive_wape", "naive_mape"]].describe().T[["mean", "50%", "min", "max"]]
