@@ -191,6 +191,7 @@ def worker(argv: list[str]) -> None:
     p.add_argument("role")
     p.add_argument("--home", required=True)
     p.add_argument("--series", type=int, default=0)  # baseline subset size (0 = all)
+    p.add_argument("--changed-fraction", type=float, default=0.05)
     a = p.parse_args(argv)
     _quiet()
     from mm_platform.config import load_config
@@ -203,16 +204,20 @@ def worker(argv: list[str]) -> None:
     spark = get_session(cfg.spark)
     spark.range(4).count()  # JVM and Python workers warm before the timed part
     out: dict = {}
-    if a.role == "ours-train":
-        from mm_platform.pipeline import register_model_set, training_registry
-        from mm_platform.spark_jobs import build_training_sets, read_training_set, train_model_set
+    if a.role in ("ours-train", "ours-retrain"):
+        from mm_platform.pipeline import train_and_register, training_registry
+        from mm_platform.spark_jobs import build_training_sets
+        from mm_platform.warehouse import Warehouse
 
+        if a.role == "ours-retrain":
+            _change_series(lake, cfg, a.changed_fraction)  # untimed: the day's new data
         _mark("start")
         build_training_sets(spark, lake, cfg, RUN_DATE)
-        results = train_model_set(read_training_set(spark, lake, cfg, RUN_DATE), cfg)
-        outcome = register_model_set(results, cfg, training_registry(cfg), RUN_DATE, "bench")
+        outcome = train_and_register(spark, lake, cfg, RUN_DATE, training_registry(cfg),
+                                     Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys), "bench")
         _mark("end")
-        out = {"series": len(results), "trained": int((results["status"] == "trained").sum()),
+        rep = outcome.report
+        out = {"series": len(rep), "trained": int((rep["status"] == "trained").sum()),
                "registered": outcome.registered, "unchanged": outcome.unchanged, "failed": outcome.failed}
     elif a.role == "promote-all":
         from mm_platform.pipeline import production_registry, promote, training_registry
@@ -240,6 +245,24 @@ def worker(argv: list[str]) -> None:
         raise SystemExit(f"unknown bench role {a.role}")
     print(json.dumps(out), flush=True)
     spark.stop()
+
+
+def _change_series(lake, cfg, fraction: float) -> int:
+    """Correct the last day's value of a fraction of the series in the lake (as a late
+    correction from the source would), so their fingerprints change."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    manifest = lake.read_manifest("sales")
+    last_month = max(manifest["files"])
+    rows = pq.read_table(lake.path("raw", "sales", manifest["files"][last_month]), filesystem=lake.fs, partitioning=None).to_pandas()
+    last = rows[rows["date"] == rows["date"].max()]
+    series = last[["store", "item"]].drop_duplicates()
+    changed = series.sample(frac=fraction, random_state=0)
+    upd = last.merge(changed, on=["store", "item"])
+    upd = upd.assign(units=upd["units"] + 1)
+    lake.upsert_raw("sales", pd.DataFrame(upd), ["store", "item"], "date")
+    return len(changed)
 
 
 def _subset(spark, lake, cfg, n: int):
@@ -338,7 +361,7 @@ def cmd_bench(args) -> int:
     env = {**os.environ, "MM_HOME": str(home)}
     bench_config(home, args.horizon, args.algorithm)
     baseline_n = args.baseline_series or args.series
-    steps = ["generate", "ours", "baseline"] if args.task == "train" else ["generate", "setup", "ours", "baseline-setup", "baseline"]
+    steps = ["generate", "ours", "baseline"] + (["daily"] if args.changed_fraction else []) if args.task == "train" else ["generate", "setup", "ours", "baseline-setup", "baseline"]
     bar = tqdm(total=len(steps), disable=args.json or not sys.stderr.isatty(), desc=f"bench {args.task}")
 
     def step(name):
@@ -356,6 +379,12 @@ def cmd_bench(args) -> int:
         step("ours")
         ours = _side(run_measured(["worker", "ours-train", *worker_args], env), args.series)
         bar.update()
+        if args.changed_fraction:
+            # The daily case: the same model set retrained after a fraction of series changed.
+            report["daily_retrain"] = _side(
+                run_measured(["worker", "ours-retrain", *worker_args, "--changed-fraction", str(args.changed_fraction)], env),
+                args.series,
+            ) | {"changed_fraction": args.changed_fraction}
         step("baseline")
         base = _side(run_measured(["worker", "baseline-train", *worker_args, "--series", str(baseline_n)], env), baseline_n)
         bar.update()
@@ -393,6 +422,8 @@ def add_commands(sub) -> None:
     b.add_argument("--horizon", type=int, default=28)
     b.add_argument("--algorithm", default="prophet", help="ours: prophet (in-process fit) or prophet_library")
     b.add_argument("--seed", type=int, default=42)
+    b.add_argument("--changed-fraction", type=float, default=0.0,
+                   help="train: also time a daily retrain after this share of series changed (e.g. 0.05)")
     b.add_argument("--home", help="working folder (default: a new temp folder)")
     b.add_argument("--json", action="store_true", help="one JSON line, no progress bar")
     b.set_defaults(func=cmd_bench)

@@ -60,11 +60,18 @@ def register_model_set(
     report["training_run_id"] = run_id
     entries, rows = [], []
     for i, r in results.iterrows():
-        if r["status"] != TRAINED:
+        if r["status"] not in (TRAINED, "unchanged"):
             continue
         keys = {k: r[k] for k in cfg.keys}
         name = model_name(cfg.name, keys)
         prev = latest.get(r["series_id"])
+        if r["status"] == "unchanged" and prev is not None:
+            # Not refitted: the registered model and its metrics stand.
+            report.loc[i, ["model_name", "model_version", "registration"]] = [prev.name, prev.version, "unchanged"]
+            for m in METRICS:
+                report.loc[i, m] = prev.metric(m)
+            report.loc[i, "status"] = TRAINED
+            continue
         if prev and prev.tags.get("data_fingerprint") == r["fingerprint"] and prev.tags.get("algorithm") == cfg.algorithm.name:
             report.loc[i, ["model_name", "model_version", "registration"]] = [prev.name, prev.version, "unchanged"]
             continue
@@ -126,7 +133,13 @@ def train_and_register(
     training_set = read_training_set(spark, lake, cfg, run_date)
     if only_series is not None:
         training_set = training_set.where(F.col("series_id").isin(list(only_series)))
-    results = train_model_set(training_set, cfg)
+    # Series whose data did not change keep their registered model (same algorithm only).
+    known = {
+        sid: mv.tags.get("data_fingerprint", "")
+        for sid, mv in registry.latest_by_series(cfg.name).items()
+        if mv.tags.get("algorithm") == cfg.algorithm.name
+    }
+    results = train_model_set(training_set, cfg, known=known)
     try:
         check_error_threshold(results, cfg)
     except ErrorThresholdExceeded:

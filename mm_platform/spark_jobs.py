@@ -189,10 +189,32 @@ def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
     )
 
 
-def _train_group_fn(spec: TrainSpec, keys: list[str]):
+UNCHANGED = "unchanged"
+
+
+def series_fingerprint(pdf: pd.DataFrame, regressors: tuple[str, ...]) -> str:
+    """The same data fingerprint train_series records, without training."""
+    from mm_platform.forecasting.series import fingerprint
+
+    history = pdf[["ds", "y", *regressors]].copy()
+    history["ds"] = pd.to_datetime(history["ds"])
+    return fingerprint(history.sort_values("ds"), ["ds", "y", *regressors]) if len(history) else ""
+
+
+def _train_group_fn(spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None):
+    """``known`` maps series id -> fingerprint of its registered model: a series whose data
+    has not changed is not refitted (daily incremental retraining)."""
     metric_names = ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")
+    known = known or {}
 
     def train_group(pdf: pd.DataFrame) -> pd.DataFrame:
+        sid = pdf["series_id"].iloc[0]
+        if sid in known and series_fingerprint(pdf, spec.regressors) == known[sid]:
+            row = {k: pdf[k].iloc[0] for k in keys}
+            row |= {"series_id": sid, "status": UNCHANGED, "reason": "data unchanged since the registered model",
+                    "n_obs": int(pdf["y"].notna().sum()), "last_date": str(pd.to_datetime(pdf["ds"]).max().date()),
+                    "fingerprint": known[sid], **dict.fromkeys(metric_names), "fit_seconds": 0.0, "model_json": ""}
+            return pd.DataFrame([row])
         r = train_series(pdf, spec)
         row = {k: pdf[k].iloc[0] for k in keys}
         row |= {
@@ -211,13 +233,16 @@ def _train_group_fn(spec: TrainSpec, keys: list[str]):
     return train_group
 
 
-def train_model_set(training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None) -> pd.DataFrame:
-    """One model per series, trained in parallel; returns one result row per series."""
+def train_model_set(
+    training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None, known: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """One model per series, trained in parallel; returns one result row per series.
+    Series whose fingerprint equals ``known[series_id]`` come back with status ``unchanged``."""
     spec = spec or train_spec(cfg)
     keys = cfg.keys
     key_fields = [training_set.schema[k] for k in keys]
     schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
-    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys), schema=schema)
+    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys, known), schema=schema)
     return result.toPandas()
 
 
