@@ -2,10 +2,12 @@ from datetime import date
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
+from pyspark.sql import functions as F
 
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
 from mm_platform.pipeline import production_models_frame
+from mm_platform.plots import png_markdown, sample_forecasts_png
 from mm_platform.spark_jobs import read_training_set, score_series
 
 
@@ -35,6 +37,12 @@ def batch_predictions(
     preds = score_series(spark, models, read_training_set(spark, lake.lake(), cfg, run_date), cfg)
     preds["scoring_run_id"] = context.run_id
     rows = warehouse.warehouse().replace_run("predictions", run_date, preds)
+    sample = sorted(preds["series_id"].unique())[:4] if len(preds) else []
+    history = (
+        read_training_set(spark, lake.lake(), cfg, run_date).where(F.col("series_id").isin(sample)).select("series_id", "ds", "y").toPandas()
+        if sample
+        else None
+    )
     return dg.MaterializeResult(
         metadata={
             "prediction_rows": rows,
@@ -42,6 +50,9 @@ def batch_predictions(
             "models_not_loaded": len(problems),
             "horizon": cfg.horizon,
             "warehouse_table": "predictions",
+            "sample_forecasts": dg.MetadataValue.md(
+                png_markdown(sample_forecasts_png(history, preds[preds["series_id"].isin(sample)]), "sample forecasts")
+            ),
             "preview": dg.MetadataValue.md(preds.head(10).to_markdown(index=False) if len(preds) else "no rows"),
         }
     )

@@ -6,6 +6,7 @@ from dagster_pyspark import PySparkResource
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
 from mm_platform.pipeline import ErrorThresholdExceeded, train_and_register
+from mm_platform.plots import accuracy_histogram_png, png_markdown
 from mm_platform.spark_jobs import build_training_sets
 
 
@@ -67,6 +68,9 @@ def model_set(
             "median_wape": float(trained["wape"].median()) if len(trained) else None,
             "median_naive_wape": float(trained["naive_wape"].median()) if len(trained) else None,
             "accuracy_summary": dg.MetadataValue.md(summary.to_markdown(floatfmt=".4f") if len(trained) else "no models"),
+            "accuracy_distribution": dg.MetadataValue.md(
+                png_markdown(accuracy_histogram_png(outcome.report), "holdout WAPE, ours vs seasonal naive")
+            ),
             "not_trained": dg.MetadataValue.md(problems.head(50).to_markdown(index=False) if len(problems) else "none"),
             "training_registry": training_registry.tracking_uri,
         }

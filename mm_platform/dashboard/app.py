@@ -1,0 +1,184 @@
+"""The dashboard's FastAPI application: three server-rendered pages (overview, series
+explorer, promotion log), an HTML fragment for the explorer's live search, small JSON
+endpoints, and plotly.js served from the installed plotly package."""
+
+from __future__ import annotations
+
+import math
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlencode
+
+import plotly
+from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from mm_platform.config import DatasetConfig
+from mm_platform.dashboard import figures
+from mm_platform.dashboard.queries import SERIES_SORTS, DashboardQueries
+from mm_platform.sql import redact
+
+HERE = Path(__file__).parent
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def _num(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if math.isnan(f):
+        return "—"
+    if math.isinf(f):
+        return "∞"
+    return f"{f:.{digits}f}"
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{float(v):.0%}"
+
+
+def _int(v) -> str:
+    return "—" if v is None else f"{int(v):,}"
+
+
+def _day(v) -> str:
+    return "—" if v is None else str(v)[:10]
+
+
+def _when(v) -> str:
+    return "—" if v is None else str(v)[:19].replace("T", " ")
+
+
+def create_app(cfg: DatasetConfig) -> FastAPI:
+    """The dashboard for the dataset described by ``cfg`` (reads its warehouse and lake)."""
+    q = DashboardQueries(cfg)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        figures.warm_up()  # plotly's first figure is slow to build; pay that before the first page
+        yield
+        q.dispose()
+
+    app = FastAPI(title=f"mm_platform dashboard · {cfg.name}", docs_url="/api/docs", redoc_url=None, lifespan=lifespan)
+    app.state.queries = q
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters.update(num=_num, pct=_pct, int=_int, day=_day, when=_when)
+
+    def render(request: Request, name: str, status_code: int = 200, **ctx) -> HTMLResponse:
+        base = request.scope.get("root_path", "")
+
+        def link(path: str, **params) -> str:
+            clean = {k: v for k, v in params.items() if v not in (None, "")}
+            return f"{base}{path}" + (f"?{urlencode(clean)}" if clean else "")
+
+        ctx = {"dataset": cfg.name, "keys": q.keys, "warehouse": redact(cfg.storage.warehouse_url), "base": base,
+               "link": link, **ctx}
+        return templates.TemplateResponse(request, name, ctx, status_code=status_code)
+
+    @app.get("/static/plotly.min.js", include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+    # Mounted after the plotly.js route so that route wins for its path.
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "dataset": cfg.name, "views": sorted(q.available())}
+
+    # -- overview --------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview(request: Request):
+        ov = q.overview()
+        figs = {}
+        if "v_series_accuracy" in ov["views"]:
+            figs["hist"] = figures.to_json(figures.accuracy_histogram([q.accuracy_distribution("wape"), q.accuracy_distribution("mape")]))
+            figs["naive"] = figures.to_json(figures.naive_comparison(q.naive_comparison("wape")))
+            for k in q.keys:
+                figs[f"key-{k}"] = figures.to_json(figures.accuracy_by_key(q.accuracy_by_key(k)))
+        runs = q.runs(limit=90)
+        if runs:
+            figs["runs"] = figures.to_json(figures.run_trend(runs))
+        return render(request, "overview.html", active="overview", title="Overview", ov=ov, figs=figs,
+                      recent_runs=runs[::-1][:10])
+
+    @app.get("/api/overview")
+    def api_overview():
+        return JSONResponse(jsonable_encoder(q.overview()))
+
+    # -- series explorer -----------------------------------------------------------------------
+
+    def _series_page(qtext: str, page: int, size: int, sort: str):
+        return q.search_series(qtext, page=page, size=size, sort=sort if sort in SERIES_SORTS else "keys")
+
+    @app.get("/series", response_class=HTMLResponse)
+    def series(request: Request, q_: str = Query("", alias="q"), page: int = 1, size: int = 25, sort: str = "keys",
+               sid: str = ""):
+        listing = _series_page(q_, page, size, sort)
+        detail = fig = None
+        status = 200
+        if sid:
+            detail = q.series_detail(sid)
+            if detail is None:
+                status = 404
+            else:
+                acc = detail["accuracy"] or {}
+                until = acc.get("last_date") or detail["scoring_run_date"]
+                history = q.series_history(detail["keys"], until=until)
+                detail["history_points"] = len(history)
+                detail["history_span"] = (
+                    (history["ds"].min().date(), history["ds"].max().date()) if len(history) else None
+                )
+                fig = figures.to_json(figures.series_forecast(
+                    history, detail["forecast"], coverage=cfg.algorithm.interval_coverage,
+                    run_date=detail["scoring_run_date"] or acc.get("run_date"),
+                ))
+        return render(request, "series.html", status_code=status, active="series", title="Series explorer",
+                      listing=listing, q=q_, sort=sort, size=listing.size, sid=sid, detail=detail, fig=fig,
+                      sorts=SERIES_SORTS, horizon=cfg.horizon)
+
+    @app.get("/series/list", response_class=HTMLResponse)
+    def series_list(request: Request, q_: str = Query("", alias="q"), page: int = 1, size: int = 25,
+                    sort: str = "keys", sid: str = ""):
+        listing = _series_page(q_, page, size, sort)
+        return render(request, "_series_list.html", listing=listing, q=q_, sort=sort, size=listing.size, sid=sid)
+
+    @app.get("/api/series")
+    def api_series(q_: str = Query("", alias="q"), page: int = 1, size: int = 25, sort: str = "keys"):
+        return JSONResponse(jsonable_encoder(_series_page(q_, page, size, sort).as_dict()))
+
+    @app.get("/api/series/detail")
+    def api_series_detail(sid: str):
+        detail = q.series_detail(sid)
+        if detail is None:
+            return JSONResponse({"detail": f"series {sid!r} not found"}, status_code=404)
+        return JSONResponse(jsonable_encoder(detail))
+
+    # -- promotion log -------------------------------------------------------------------------
+
+    @app.get("/promotions", response_class=HTMLResponse)
+    def promotions(request: Request, action: str = "", q_: str = Query("", alias="q"), run_date: str = "",
+                   page: int = 1, size: int = 25):
+        facets = q.promotion_facets()
+        if run_date not in facets["run_dates"]:
+            run_date = ""
+        listing = q.promotion_page(action=action, q=q_, run_date=run_date, page=page, size=size)
+        fig = figures.to_json(figures.promotions_by_run(q.promotions_by_run())) if facets["run_dates"] else None
+        return render(request, "promotions.html", active="promotions", title="Promotion log", listing=listing,
+                      facets=facets, action=action, q=q_, run_date=run_date, size=listing.size, fig=fig,
+                      rules=cfg.promotion)
+
+    @app.get("/api/promotions")
+    def api_promotions(action: str = "", q_: str = Query("", alias="q"), run_date: str = "", page: int = 1, size: int = 25):
+        facets = q.promotion_facets()
+        run_date = run_date if run_date in facets["run_dates"] else ""
+        return JSONResponse(jsonable_encoder(q.promotion_page(action=action, q=q_, run_date=run_date, page=page, size=size).as_dict()))
+
+    return app
