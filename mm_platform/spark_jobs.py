@@ -175,6 +175,7 @@ RESULT_FIELDS = [
 
 
 def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
+    auto = cfg.algorithm.auto
     return TrainSpec(
         family=family or cfg.algorithm.name,
         freq=cfg.pandas_freq,
@@ -186,6 +187,16 @@ def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
         | {"regressor_prior_scale": cfg.algorithm.prophet.regressor_prior_scale},
         interval_coverage=cfg.algorithm.interval_coverage,
         fit_timeout_seconds=cfg.training.fit_timeout_seconds,
+        candidates=tuple(auto.candidates),
+        folds=auto.folds,
+        calibration_folds=cfg.algorithm.calibration_folds,
+        fold_length=auto.fold_length or 0,
+        metric=auto.metric,
+        tie_tolerance=auto.tie_tolerance,
+        fallback=auto.fallback,
+        interval_method=cfg.algorithm.interval_method,
+        max_horizon=cfg.horizon,
+        options={"ensemble": list(auto.ensemble)},
     )
 
 
@@ -260,22 +271,30 @@ PREDICTION_FIELDS = [
 def _score_fn(keys: list[str], horizon: int, nonnegative: bool):
     import json
 
+    import numpy as np
+
     def score(batches):
+        # Numpy per series, one DataFrame per Arrow batch: no pandas round trip per series.
         for pdf in batches:
-            frames = []
+            cols: dict[str, list] = {c: [] for c in ("ds", "yhat", "yhat_lower", "yhat_upper")}
+            meta: dict[str, list] = {c: [] for c in (*keys, "series_id", "model_name", "model_version")}
             for row in pdf.itertuples(index=False):
                 ds, yhat, lo, hi = forecast_arrays(json.loads(row.model_json), horizon, nonnegative=nonnegative)
-                frame = pd.DataFrame(
-                    {"ds": ds.astype("datetime64[D]").astype(object), "yhat": yhat, "yhat_lower": lo, "yhat_upper": hi}
-                )
-                for k in keys:
-                    frame[k] = getattr(row, k)
-                frame["series_id"] = row.series_id
-                frame["model_name"] = row.model_name
-                frame["model_version"] = int(row.model_version)
-                frames.append(frame)
-            if frames:
-                yield pd.concat(frames, ignore_index=True)
+                for c, v in zip(("ds", "yhat", "yhat_lower", "yhat_upper"), (ds, yhat, lo, hi), strict=True):
+                    cols[c].append(v)
+                for c in meta:
+                    meta[c].append(getattr(row, c))
+            if not cols["ds"]:
+                continue
+            n = [len(d) for d in cols["ds"]]
+            out = {c: np.repeat(np.asarray(v, dtype=object if c in keys or c in ("series_id", "model_name") else None), n)
+                   for c, v in meta.items()}
+            out["ds"] = np.concatenate(cols["ds"]).astype("datetime64[D]").astype(object)
+            for c in ("yhat", "yhat_lower", "yhat_upper"):
+                out[c] = np.concatenate(cols[c])
+            frame = pd.DataFrame(out)
+            frame["model_version"] = frame["model_version"].astype("int64")
+            yield frame
 
     return score
 
