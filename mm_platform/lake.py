@@ -62,10 +62,29 @@ def storage_options(url: str) -> dict:
     return opts
 
 
+_CONTAINERS_SEEN: set[str] = set()
+
+
 class Lake:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options(self.url))
+        if self.url.split("://", 1)[0].lower() in AZURE_PROTOCOLS:
+            self._ensure_container()
+
+    def _ensure_container(self) -> None:
+        # Blob storage has no folders: writes under a missing container fail, and adlfs'
+        # makedirs does not create one (mkdir does). Checked once per container and process.
+        container = self.root.split("/", 1)[0]
+        key = f"{self.url.split('://', 1)[0]}://{container}"
+        if key in _CONTAINERS_SEEN:
+            return
+        try:
+            if not self.fs.exists(container):
+                self.fs.mkdir(container)
+        except Exception:  # noqa: BLE001 - e.g. no account-level rights; the container must then exist
+            return
+        _CONTAINERS_SEEN.add(key)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -110,7 +129,9 @@ class Lake:
         """Insert or replace rows on (keys, date). Returns counts of inserted/updated rows."""
         manifest = self.read_manifest(table)
         files = dict(manifest["files"])
-        month = rows[date_col].dt.strftime("%Y-%m")
+        d = rows[date_col].dt
+        ym = d.year * 100 + d.month  # integer arithmetic: strftime on millions of rows is slow
+        month = ym.map({v: f"{v // 100:04d}-{v % 100:02d}" for v in ym.unique()})
         new_files: dict[str, str] = {}
         inserted = updated = 0
         key_cols = [*keys, date_col]
