@@ -1,0 +1,126 @@
+"""``mm-platform serve`` and ``mm-platform bench-serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return n
+
+
+def _positive_float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}")
+    return x
+
+
+def _key_type(v: str) -> tuple[str, str]:
+    name, sep, kind = v.partition("=")
+    if not sep or kind not in ("int", "str", "any"):
+        raise argparse.ArgumentTypeError(f"expected KEY=int|str|any, got {v!r}")
+    return name, kind
+
+
+def add_cache_options(p: argparse.ArgumentParser, bench: bool = False) -> None:
+    p.add_argument("--cache-models", type=_positive_int, default=None if bench else 2000,
+                   help="most models kept loaded (default 2000" + ("; 1000 with --cycle)" if bench else ")"))
+    p.add_argument("--cache-mb", type=_positive_float, default=None if bench else 256.0,
+                   help="most megabytes of loaded models (default 256" + ("; 8 with --cycle)" if bench else ")"))
+    p.add_argument("--version-ttl", type=_positive_float, default=5.0,
+                   help="seconds a cached model's version is trusted before it is re-checked in the background (default 5)")
+    p.add_argument("--load-workers", type=_positive_int, default=4, help="threads for registry lookups and model loads (default 4)")
+
+
+def settings_from_args(args):
+    from mm_platform.serving.app import ServingSettings
+
+    return ServingSettings(
+        cache_models=args.cache_models,
+        cache_mb=args.cache_mb,
+        version_ttl=args.version_ttl,
+        max_horizon=getattr(args, "max_horizon", None),
+        max_batch=getattr(args, "max_batch", 1000),
+        load_workers=args.load_workers,
+        key_types=dict(getattr(args, "key_type", None) or []),
+    )
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from mm_platform.config import load_config
+    from mm_platform.serving.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config)
+    try:
+        app = create_app(cfg, settings_from_args(args))
+    except ValueError as exc:
+        print(f"mm-platform serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level.lower(),
+                access_log=args.access_log, timeout_keep_alive=30)
+    return 0
+
+
+def cmd_bench_serve(args) -> int:
+    from mm_platform.serving.bench import run_bench
+
+    result = run_bench(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0 if result.get("ok", True) else 1
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("serve", help="serve real-time forecasts from the production registry (FastAPI + uvicorn)")
+    s.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=_positive_int, default=8000)
+    add_cache_options(s)
+    s.add_argument("--max-horizon", type=_positive_int, help="largest horizon a request may ask for (default 4 x the config's horizon)")
+    s.add_argument("--max-batch", type=_positive_int, default=1000, help="most items in one batch request (default 1000)")
+    s.add_argument("--key-type", type=_key_type, action="append", metavar="KEY=int|str|any",
+                   help="type of a partition key's values in requests (default any: integer or string)")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
+    s.set_defaults(func=cmd_serve)
+
+    b = sub.add_parser("bench-serve", help="benchmark the real-time service on generated production models (127.0.0.1 only)")
+    b.add_argument("--models", type=_positive_int, help="production models to build (default 1000; 10000 with --cycle)")
+    b.add_argument("--requests", type=_positive_int,
+                   help="warm requests, Zipf-distributed over the models (default 20000; with wrk, the Zipf sequence it cycles through); "
+                        "with --cycle: requests cycling over the models (default: one pass)")
+    b.add_argument("--concurrency", type=_positive_int, default=32, help="requests in flight (default 32)")
+    b.add_argument("--cold-concurrency", type=_positive_int, default=4, help="requests in flight while measuring cold loads (default 4)")
+    b.add_argument("--zipf", type=_positive_float, default=1.1, help="Zipf exponent of the series popularity (default 1.1)")
+    b.add_argument("--horizon", type=_positive_int, default=28)
+    b.add_argument("--loadgen", choices=["auto", "wrk", "httpx"], default="auto",
+                   help="client for the warm phase: wrk if installed (auto), else the async httpx load generator")
+    b.add_argument("--duration", type=_positive_float, default=20.0,
+                   help="seconds of warm load when wrk drives it (wrk runs for a time, not a request count; default 20)")
+    b.add_argument("--family", choices=["prophet", "seasonal_naive"], default="prophet", help="model family (default prophet)")
+    b.add_argument("--cycle", action="store_true",
+                   help="instead: cycle through all models with a small cache to show memory stays bounded")
+    add_cache_options(b, bench=True)
+    b.add_argument("--workdir", help="where the generated registry is built and reused (default $MM_HOME/bench-serve)")
+    b.add_argument("--fresh", action="store_true", help="rebuild the generated registry even if one exists")
+    b.add_argument("--json", action="store_true", help="print one JSON line")
+    b.set_defaults(func=cmd_bench_serve)
