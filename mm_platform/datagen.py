@@ -114,16 +114,18 @@ def write_sales(
     from mm_platform.sql import create_engine
 
     engine = create_engine(url)
+    quoted = engine.dialect.identifier_preparer.quote(table)  # MySQL reads "x" as a string
     rows = 0
     with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {quoted}"))
         for chunk in iter_sales_chunks(stores, items, days, seed, end_date):
             chunk = chunk.assign(date=chunk["date"].dt.date)
             chunk.to_sql(table, conn, if_exists="append", index=False, chunksize=50_000, method="multi" if engine.dialect.name != "sqlite" else None)
             rows += len(chunk)
             if progress:
                 progress(len(chunk))
-        conn.execute(sa.text(f'CREATE INDEX IF NOT EXISTS "ix_{table}_date" ON "{table}" ("date")'))
+        target = sa.Table(table, sa.MetaData(), autoload_with=conn)
+        sa.Index(f"ix_{table}_date", target.c["date"]).create(conn, checkfirst=True)
     engine.dispose()
     return rows
 

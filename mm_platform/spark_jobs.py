@@ -54,15 +54,13 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
     return conf
 
 
-# Settings a Spark Connect client cannot change on the server (the server's own launch sets them).
-_CONNECT_SERVER_SIDE = ("spark.master", "spark.ui.", "spark.driver.", "spark.pyspark.", "spark.executor.")
-
-
 def get_session(spark: SparkConfig) -> SparkSession:
     connect = spark.master.startswith("sc://")
+    # Settings a Spark Connect client cannot change (the server's own launch sets them).
+    server_side = ("spark.master", "spark.ui.", "spark.driver.", "spark.pyspark.", "spark.executor.")
     builder = SparkSession.builder
     for k, v in spark_conf(spark).items():
-        if connect and k.startswith(_CONNECT_SERVER_SIDE):
+        if connect and k.startswith(server_side):
             continue
         builder = builder.config(k, v)
     session = builder.getOrCreate()
@@ -112,8 +110,25 @@ def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run
     )
     out = training_set_uri(lake, cfg, run_date)
     if not lake.is_local():
+        # The layout Spark's partitionBy("bucket") writes (bucket=N/part-*.parquet, rows sorted by
+        # series and date, no bucket column inside the files), written through fsspec.
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         pdf = df.toPandas()
-        _write_buckets(lake, lake.path("training_sets", cfg.name, f"run_date={run_date}"), pdf)
+        folder = lake.path("training_sets", cfg.name, f"run_date={run_date}")
+        if lake.fs.exists(folder):
+            lake.fs.rm(folder, recursive=True)
+        for bucket, part in pdf.groupby("bucket", sort=True):
+            part = part.drop(columns="bucket").sort_values(["series_id", "ds"], kind="stable")
+            path = f"{folder}/bucket={int(bucket)}/part-00000.parquet"
+            lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            pq.write_table(
+                pa.Table.from_pandas(part, preserve_index=False), path, filesystem=lake.fs,
+                coerce_timestamps="us", allow_truncated_timestamps=True,
+            )
+        with lake.fs.open(f"{folder}/_SUCCESS", "wb"):
+            pass
         return {"rows": len(pdf), "series": int(pdf["series_id"].nunique()), "path": out}
     (
         df.repartition("bucket")
@@ -124,26 +139,6 @@ def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run
     )
     stats = spark.read.parquet(out).agg(F.count("*").alias("rows"), F.countDistinct("series_id").alias("series")).first()
     return {"rows": int(stats["rows"]), "series": int(stats["series"]), "path": out}
-
-
-def _write_buckets(lake: Lake, folder: str, pdf: pd.DataFrame) -> None:
-    """The layout Spark's ``partitionBy("bucket")`` writes (``bucket=N/part-*.parquet``, rows
-    sorted by series and date, no bucket column inside the files), through fsspec."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if lake.fs.exists(folder):
-        lake.fs.rm(folder, recursive=True)
-    for bucket, part in pdf.groupby("bucket", sort=True):
-        part = part.drop(columns="bucket").sort_values(["series_id", "ds"], kind="stable")
-        path = f"{folder}/bucket={int(bucket)}/part-00000.parquet"
-        lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        pq.write_table(
-            pa.Table.from_pandas(part, preserve_index=False), path, filesystem=lake.fs,
-            coerce_timestamps="us", allow_truncated_timestamps=True,
-        )
-    with lake.fs.open(f"{folder}/_SUCCESS", "wb"):
-        pass
 
 
 def read_training_set(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date) -> DataFrame:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 os.environ.setdefault("MM_SPARK_DRIVER_MEMORY", "1g")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # tests stay on loopback
 logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
