@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMAND_MODULES: list[str] = ["mm_platform.bench", "mm_platform.dashboard.cli", "mm_platform.serving.cli"]
+COMMAND_MODULES: list[str] = ["mm_platform.bench", "mm_platform.dashboard.cli", "mm_platform.serving.cli", "mm_platform.evaluate"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,12 +83,73 @@ class ProphetParams(_Strict):
     regressor_prior_scale: float = Field(10.0, gt=0)
 
 
+def _family_names() -> list[str]:
+    from mm_platform.forecasting.families import FAMILIES
+
+    return sorted(FAMILIES)
+
+
+def _check_families(names: list[str], what: str) -> list[str]:
+    known = _family_names()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"{what}: unknown model families {bad}; known: {known}")
+    return names
+
+
+class AutoConfig(_Strict):
+    """``algorithm: auto``: per-series model selection by rolling-origin backtesting."""
+
+    folds: int = Field(3, ge=1, le=20, description="rolling-origin backtest folds over the end of the training window")
+    fold_length: int | None = Field(None, ge=1, description="periods per fold (default: holdout)")
+    metric: Literal["wape", "mase", "rmse", "mape"] = "wape"
+    candidates: list[str] = Field(
+        default_factory=lambda: ["seasonal_naive", "croston", "tsb", "regression", "ets", "prophet", "ensemble"],
+        min_length=1,
+    )
+    tie_tolerance: float = Field(0.02, ge=0, le=1, description="relative; within it of the best, the cheaper family wins")
+    fallback: str = Field("ensemble", description="family used when a series is too short to backtest")
+    ensemble: list[str] = Field(default_factory=lambda: ["prophet", "regression"], min_length=1)
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, v: list[str]) -> list[str]:
+        return _check_families(v, "candidates")
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, v: str) -> str:
+        return _check_families([v], "fallback")[0]
+
+    @field_validator("ensemble")
+    @classmethod
+    def _ensemble(cls, v: list[str]) -> list[str]:
+        _check_families(v, "ensemble")
+        if "ensemble" in v:
+            raise ValueError("ensemble: an ensemble cannot contain itself")
+        return v
+
+
 class AlgorithmConfig(_Strict):
     # "prophet" fits Prophet's own MAP objective in-process (fast); "prophet_library" calls
-    # prophet/cmdstan per series (the reference approach); "seasonal_naive" is the baseline.
-    name: Literal["prophet", "prophet_library", "seasonal_naive"] = "prophet"
+    # prophet/cmdstan per series (the reference approach); "seasonal_naive" is the baseline;
+    # ets, arima, theta (statsforecast), regression, croston, tsb, ensemble: see
+    # mm_platform/forecasting/families.py; "auto" picks one per series by backtesting.
+    name: str = "prophet"
     prophet: ProphetParams = Field(default_factory=ProphetParams)
     interval_coverage: float = Field(0.9, gt=0, lt=1)
+    # conformal: the interval half-width is the conformal quantile of out-of-sample residuals
+    # (backtest folds + holdout); normal: z * holdout RMSE.
+    interval_method: Literal["conformal", "normal"] = "conformal"
+    calibration_folds: int = Field(0, ge=0, le=20, description="single-family runs: extra backtest folds for calibration")
+    auto: AutoConfig = Field(default_factory=AutoConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v != "auto":
+            _check_families([v], "algorithm")
+        return v
 
 
 class TrainingConfig(_Strict):

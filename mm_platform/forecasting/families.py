@@ -4,12 +4,23 @@ A family fits a history frame (columns ``ds``, ``y`` and the regressor columns) 
 fitted model that predicts from numpy arrays only and serializes to a small JSON-able
 dict (its *compact form*): that dict is what the registry stores and what batch scoring
 and the real-time service load. Adding a family is one class here plus a line in
-``FAMILIES``.
+``FAMILIES`` (and, for model selection's near-tie rule, a place in ``COST_ORDER``).
+
+Families: ``seasonal_naive``; ``prophet`` (in-process MAP fit) and ``prophet_library``
+(cmdstan); ``ets``, ``theta`` and ``arima`` (statsforecast AutoETS / AutoTheta / AutoARIMA;
+ARIMA takes the regressors as X); ``regression`` (ridge on trend, Fourier terms and the
+regressors, numpy); ``croston`` and ``tsb`` (intermittent demand, numpy); ``ensemble`` (mean
+of member families). Every family that can use the configured regressors does (prophet,
+arima, regression, and the ensemble through its members).
+
+ETS, Theta and ARIMA forecast from the end of their data, so their compact form stores the
+point forecast path of ``FitContext.max_horizon`` steps (ARIMA: the path with X = 0 plus the
+regression coefficients, as its forecast is linear in X); see :class:`PathModel`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -24,6 +35,8 @@ class FitContext:
     season_length: int  # 7 for daily, 52 for weekly
     regressors: tuple[str, ...] = ()
     prophet: dict[str, Any] | None = None  # ProphetSpec fields
+    max_horizon: int = 56  # periods a forecast-path family (ETS, ARIMA, Theta) stores
+    options: dict[str, Any] | None = None  # family options, e.g. {"ensemble": ["prophet", "ets"]}
 
 
 class FittedModel(Protocol):
@@ -158,7 +171,581 @@ class ProphetLibrary(Prophet):
         return ProphetModel(CompactProphet.from_prophet(m))
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Prophet(), ProphetLibrary(), SeasonalNaive())}
+# --- shared helpers ----------------------------------------------------------------------
+
+
+def _step_days(ctx_or_freq) -> int:
+    freq = ctx_or_freq if isinstance(ctx_or_freq, str) else ctx_or_freq.freq
+    return 7 if freq == "W" else 1
+
+
+def _filled(y: np.ndarray) -> np.ndarray:
+    """Missing targets linearly interpolated (ends carried), for models that need a gap-free series."""
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y)
+    if ok.all():
+        return y
+    if not ok.any():
+        raise ValueError("no observed values")
+    idx = np.arange(len(y))
+    return np.interp(idx, idx[ok], y[ok])
+
+
+def _tail(history: pd.DataFrame, max_periods: int | None) -> pd.DataFrame:
+    if max_periods and len(history) > max_periods:
+        history = history.iloc[-max_periods:]
+    # Leading missing targets carry no information.
+    first = np.flatnonzero(np.isfinite(history["y"].to_numpy(dtype=np.float64)))
+    return history.iloc[first[0] :] if len(first) else history
+
+
+def _steps(ds: np.ndarray, last_ds: np.datetime64, step_days: int) -> np.ndarray:
+    """1-based number of periods of each date after ``last_ds``."""
+    ds = np.asarray(ds, dtype="datetime64[D]")
+    steps = (ds - last_ds).astype(np.int64) // step_days
+    if (steps < 1).any():
+        raise ValueError("this model can only forecast dates after its last observation")
+    return steps
+
+
+def _fourier(ds: np.ndarray, terms: list[tuple[float, int]]) -> np.ndarray:
+    """sin/cos columns of each (period in days, order), on days since the epoch (like Prophet)."""
+    days = np.asarray(ds, dtype="datetime64[D]").astype(np.int64).astype(np.float64)
+    cols = []
+    for period, order in terms:
+        for k in range(1, int(order) + 1):
+            arg = 2.0 * np.pi * k * days / float(period)
+            cols += [np.sin(arg), np.cos(arg)]
+    return np.column_stack(cols) if cols else np.zeros((len(days), 0))
+
+
+def _regressor_matrix(names, regressors: dict[str, np.ndarray] | None, n: int) -> np.ndarray:
+    if not names:
+        return np.zeros((n, 0))
+    regressors = regressors or {}
+    cols = []
+    for name in names:
+        if name not in regressors:
+            raise ValueError(f"regressor {name!r} missing: values are needed for every predicted date")
+        v = np.asarray(regressors[name], dtype=np.float64).reshape(-1)
+        if v.shape[0] != n:
+            raise ValueError(f"regressor {name!r} has {v.shape[0]} values for {n} dates")
+        cols.append(v)
+    return np.column_stack(cols)
+
+
+def _yearly_order(n_periods: int, freq: str, order: int) -> int:
+    """Yearly Fourier terms only once the history spans about two years."""
+    span_days = n_periods * (7 if freq == "W" else 1)
+    return order if span_days >= 700 else 0
+
+
+def _weekly_terms(ctx: FitContext, yearly: int) -> list[tuple[float, int]]:
+    terms = []
+    if ctx.freq != "W":
+        terms.append((7.0, 3))
+    if yearly:
+        terms.append((365.25, yearly))
+    return terms
+
+
+def _quiet_statsforecast():
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("NIXTLA_ID_AS_COL", "1")
+    warnings.filterwarnings("ignore", module="statsforecast")
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    logging.getLogger("statsforecast").setLevel(logging.ERROR)
+
+
+# --- forecast-path models (ETS, ARIMA, Theta) --------------------------------------------
+
+
+@dataclass
+class PathModel:
+    """A forecast stored as its point path for ``len(path)`` periods after ``last_ds``.
+
+    State-space models (ETS, ARIMA, Theta) forecast from the end of their data, so the compact
+    form is the point forecast of ``max_horizon`` steps (``FitContext.max_horizon``) plus, for
+    ARIMA with exogenous regressors, the regression coefficients: the prediction is
+    ``path[h] + sum_j beta_j * x_j[h]`` (statsforecast's ARIMA forecast is linear in X, and
+    ``path`` is its forecast with X = 0). Dates past the stored path repeat the path's last
+    season (documented limitation: retrain, or raise ``horizon``, for longer forecasts).
+    """
+
+    family: str
+    path: np.ndarray
+    last_ds: np.datetime64
+    step_days: int
+    season_length: int
+    regressor_names: tuple[str, ...] = ()
+    beta: np.ndarray | None = None  # one per regressor name
+    fourier_terms: tuple[tuple[float, int], ...] = ()
+    fourier_beta: np.ndarray | None = None
+    spec: str = ""  # e.g. "ETS(A,N,A)" or "ARIMA(1,0,1)(0,1,1)[7]": for humans
+
+    def predict(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        steps = _steps(ds, self.last_ds, self.step_days)
+        n = len(self.path)
+        idx = steps - 1
+        over = idx >= n
+        if over.any():
+            m = max(1, min(self.season_length, n))
+            idx = np.where(over, n - m + (idx - n) % m, idx)
+        out = self.path[idx].astype(np.float64)
+        if self.regressor_names:
+            out = out + _regressor_matrix(self.regressor_names, regressors, len(out)) @ self.beta
+        if self.fourier_terms:
+            out = out + _fourier(ds, list(self.fourier_terms)) @ self.fourier_beta
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "path": [float(v) for v in self.path],
+            "last_ds": str(self.last_ds),
+            "step_days": self.step_days,
+            "season_length": self.season_length,
+            "regressors": list(self.regressor_names),
+            "beta": [float(v) for v in self.beta] if self.beta is not None else [],
+            "fourier": [[float(p), int(o)] for p, o in self.fourier_terms],
+            "fourier_beta": [float(v) for v in self.fourier_beta] if self.fourier_beta is not None else [],
+            "spec": self.spec,
+        }
+
+    @classmethod
+    def from_dict(cls, family: str, payload: dict) -> PathModel:
+        return cls(
+            family,
+            np.asarray(payload["path"], dtype=np.float64),
+            np.datetime64(payload["last_ds"], "D"),
+            int(payload["step_days"]),
+            int(payload.get("season_length", 1)),
+            tuple(payload.get("regressors", ())),
+            np.asarray(payload.get("beta", []), dtype=np.float64),
+            tuple((float(p), int(o)) for p, o in payload.get("fourier", [])),
+            np.asarray(payload.get("fourier_beta", []), dtype=np.float64),
+            str(payload.get("spec", "")),
+        )
+
+    @property
+    def warm_start(self) -> dict | None:
+        return None
+
+
+class _PathFamily:
+    name: ClassVar[str] = ""
+    max_train: ClassVar[dict[str, int]] = {"D": 730, "W": 520}
+
+    def load(self, payload: dict) -> PathModel:
+        return PathModel.from_dict(self.name, payload)
+
+    def _series(self, history: pd.DataFrame, ctx: FitContext) -> tuple[pd.DataFrame, np.ndarray]:
+        h = _tail(history, self.max_train.get(ctx.freq))
+        return h, _filled(h["y"].to_numpy(dtype=np.float64))
+
+
+class ETS(_PathFamily):
+    """statsforecast AutoETS (error/trend/season chosen by AICc); no exogenous regressors."""
+
+    name: ClassVar[str] = "ets"
+
+    def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> PathModel:
+        _quiet_statsforecast()
+        from statsforecast.models import AutoETS
+
+        h, y = self._series(history, ctx)
+        m = ctx.season_length if ctx.season_length <= 24 and len(y) >= 2 * ctx.season_length else 1
+        model = AutoETS(season_length=m).fit(y)
+        path = np.asarray(model.predict(ctx.max_horizon)["mean"], dtype=np.float64)
+        last = h["ds"].to_numpy().astype("datetime64[D]")[-1]
+        return PathModel(self.name, path, last, _step_days(ctx), m, spec=str(model.model_.get("method", "")))
+
+
+class Theta(_PathFamily):
+    """statsforecast AutoTheta; no exogenous regressors."""
+
+    name: ClassVar[str] = "theta"
+
+    def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> PathModel:
+        _quiet_statsforecast()
+        from statsforecast.models import AutoTheta
+
+        h, y = self._series(history, ctx)
+        m = ctx.season_length if len(y) >= 2 * ctx.season_length else 1
+        if m > 1 and (y <= 0).any():
+            decomposition = "additive"
+        else:
+            decomposition = "multiplicative"
+        model = AutoTheta(season_length=m, decomposition_type=decomposition).fit(y)
+        path = np.asarray(model.predict(ctx.max_horizon)["mean"], dtype=np.float64)
+        last = h["ds"].to_numpy().astype("datetime64[D]")[-1]
+        return PathModel(self.name, path, last, _step_days(ctx), m, spec=f"Theta({decomposition})")
+
+
+class ARIMA(_PathFamily):
+    """statsforecast AutoARIMA (small stepwise search) with the configured regressors as X
+    (regression with ARIMA errors). Weekly data: non-seasonal ARIMA plus yearly Fourier terms in X."""
+
+    name: ClassVar[str] = "arima"
+    max_train: ClassVar[dict[str, int]] = {"D": 365, "W": 260}
+
+    def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> PathModel:
+        _quiet_statsforecast()
+        from statsforecast.models import AutoARIMA
+
+        h, y = self._series(history, ctx)
+        ds = h["ds"].to_numpy().astype("datetime64[D]")
+        regs = tuple(r for r in ctx.regressors if np.ptp(h[r].to_numpy(dtype=np.float64)) > 0)
+        X = h[list(regs)].to_numpy(dtype=np.float64) if regs else np.zeros((len(y), 0))
+        m = ctx.season_length if ctx.season_length <= 24 and len(y) >= 3 * ctx.season_length else 1
+        terms: tuple[tuple[float, int], ...] = ()
+        if ctx.freq == "W" and _yearly_order(len(y), "W", 1):
+            terms = ((365.25, 3),)
+            X = np.column_stack([X, _fourier(ds, list(terms))])
+        model = AutoARIMA(
+            season_length=m, max_p=2, max_q=2, max_P=1, max_Q=1, max_order=4, nmodels=6, approximation=True
+        )
+        model.fit(y, X=X if X.shape[1] else None)
+        coef = model.model_["coef"]
+        ex = np.asarray([float(coef.get(f"ex_{j + 1}", 0.0)) for j in range(X.shape[1])])
+        zero = np.zeros((ctx.max_horizon, X.shape[1])) if X.shape[1] else None
+        path = np.asarray(model.predict(ctx.max_horizon, X=zero)["mean"], dtype=np.float64)
+        p, q, P, Q, s, d, D = model.model_["arma"]
+        return PathModel(
+            self.name,
+            path,
+            ds[-1],
+            _step_days(ctx),
+            m,
+            regs,
+            ex[: len(regs)],
+            terms,
+            ex[len(regs) :],
+            spec=f"ARIMA({p},{d},{q})({P},{D},{Q})[{s}]",
+        )
+
+
+# --- regression with trend, Fourier seasonality and regressors ---------------------------
+
+
+@dataclass
+class RegressionModel:
+    family: ClassVar[str] = "regression"
+    origin: np.datetime64  # t = 0
+    t_scale: float  # days per unit of t
+    fourier_terms: tuple[tuple[float, int], ...]
+    regressor_names: tuple[str, ...]
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    coef: np.ndarray  # [intercept, trend, fourier..., regressors...]
+    log: bool  # fitted on log1p(y)
+
+    def design(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None) -> np.ndarray:
+        ds = np.asarray(ds, dtype="datetime64[D]")
+        t = (ds - self.origin).astype(np.int64) / self.t_scale
+        X = [np.ones_like(t), t, _fourier(ds, list(self.fourier_terms))]
+        if self.regressor_names:
+            R = _regressor_matrix(self.regressor_names, regressors, len(t))
+            X.append((R - self.x_mean) / self.x_std)
+        return np.column_stack(X)
+
+    def predict(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        out = self.design(ds, regressors) @ self.coef
+        return np.expm1(out) if self.log else out
+
+    def to_dict(self) -> dict:
+        return {
+            "origin": str(self.origin),
+            "t_scale": self.t_scale,
+            "fourier": [[float(p), int(o)] for p, o in self.fourier_terms],
+            "regressors": list(self.regressor_names),
+            "x_mean": [float(v) for v in self.x_mean],
+            "x_std": [float(v) for v in self.x_std],
+            "coef": [float(v) for v in self.coef],
+            "log": self.log,
+        }
+
+    @property
+    def warm_start(self) -> dict | None:
+        return None
+
+
+class Regression:
+    """Ridge regression on a linear trend, Fourier seasonal terms (weekly for daily data,
+    yearly once two years are there) and the configured regressors, in numpy. Non-negative
+    series without many zeros are fitted on log1p(y) (multiplicative effects, e.g. price
+    elasticity and promotion lifts); the trend slope is shrunk harder than the other terms."""
+
+    name: ClassVar[str] = "regression"
+    max_train: ClassVar[dict[str, int]] = {"D": 730, "W": 260}
+    ridge: ClassVar[float] = 1.0
+    trend_ridge: ClassVar[float] = 10.0
+
+    def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> RegressionModel:
+        h = _tail(history, self.max_train.get(ctx.freq))
+        y = h["y"].to_numpy(dtype=np.float64)
+        ok = np.isfinite(y)
+        if ok.sum() < 3:
+            raise ValueError("regression needs at least 3 observations")
+        ds = h["ds"].to_numpy().astype("datetime64[D]")
+        regs = tuple(r for r in ctx.regressors if np.ptp(h[r].to_numpy(dtype=np.float64)[ok]) > 0)
+        R = h[list(regs)].to_numpy(dtype=np.float64) if regs else np.zeros((len(y), 0))
+        x_mean = R[ok].mean(axis=0) if regs else np.zeros(0)
+        x_std = R[ok].std(axis=0) if regs else np.zeros(0)
+        x_std = np.where(x_std > 0, x_std, 1.0)
+        yo = y[ok]
+        log = bool((yo >= 0).all() and (yo == 0).mean() < 0.1 and yo.mean() >= 2.0)
+        origin = ds[ok][-1]
+        t_scale = float(max((ds[ok][-1] - ds[ok][0]).astype(np.int64), 1))
+        yearly = _yearly_order(len(h), ctx.freq, 6 if ctx.freq == "W" else 8)
+        terms = tuple(_weekly_terms(ctx, yearly))
+        model = RegressionModel(origin, t_scale, terms, regs, x_mean, x_std, np.zeros(2), log)
+        X = model.design(ds[ok], {r: R[ok, j] for j, r in enumerate(regs)})
+        target = np.log1p(yo) if log else yo
+        scale = np.std(target) or 1.0
+        pen = np.full(X.shape[1], self.ridge)
+        pen[0] = 0.0
+        pen[1] = self.trend_ridge
+        A = X.T @ X + np.diag(pen * len(yo) / 100.0)
+        coef = np.linalg.solve(A, X.T @ (target / scale)) * scale
+        model.coef = coef
+        return model
+
+    def load(self, payload: dict) -> RegressionModel:
+        return RegressionModel(
+            np.datetime64(payload["origin"], "D"),
+            float(payload["t_scale"]),
+            tuple((float(p), int(o)) for p, o in payload["fourier"]),
+            tuple(payload["regressors"]),
+            np.asarray(payload["x_mean"], dtype=np.float64),
+            np.asarray(payload["x_std"], dtype=np.float64),
+            np.asarray(payload["coef"], dtype=np.float64),
+            bool(payload["log"]),
+        )
+
+
+# --- intermittent demand: Croston (optimized) and TSB ------------------------------------
+
+
+@dataclass
+class ConstantModel:
+    """A flat forecast (intermittent-demand methods forecast a constant demand rate)."""
+
+    family: str
+    level: float
+    last_ds: np.datetime64
+    step_days: int
+    params: dict = field(default_factory=dict)
+
+    def predict(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        steps = _steps(ds, self.last_ds, self.step_days)
+        return np.full(len(steps), self.level, dtype=np.float64)
+
+    def to_dict(self) -> dict:
+        return {
+            "level": self.level,
+            "last_ds": str(self.last_ds),
+            "step_days": self.step_days,
+            "params": self.params,
+        }
+
+    @property
+    def warm_start(self) -> dict | None:
+        return None
+
+
+_ALPHAS = np.round(np.arange(0.05, 0.51, 0.05), 2)
+
+
+def _ses(x: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Simple exponential smoothing: (final level, in-sample one-step MSE)."""
+    level = x[0]
+    sse = 0.0
+    for v in x[1:]:
+        sse += (v - level) ** 2
+        level += alpha * (v - level)
+    return float(level), sse / max(len(x) - 1, 1)
+
+
+def _best_ses(x: np.ndarray) -> tuple[float, float]:
+    if len(x) < 2:
+        return float(x[0]) if len(x) else 0.0, float(_ALPHAS[0])
+    best = min(((_ses(x, a)[1], a) for a in _ALPHAS), key=lambda p: p[0])
+    return _ses(x, best[1])[0], float(best[1])
+
+
+class _ConstantFamily:
+    name: ClassVar[str] = ""
+
+    def load(self, payload: dict) -> ConstantModel:
+        return ConstantModel(
+            self.name,
+            float(payload["level"]),
+            np.datetime64(payload["last_ds"], "D"),
+            int(payload["step_days"]),
+            dict(payload.get("params", {})),
+        )
+
+    @staticmethod
+    def _y(history: pd.DataFrame) -> tuple[np.ndarray, np.datetime64]:
+        y = history["y"].to_numpy(dtype=np.float64)
+        y = np.maximum(np.nan_to_num(y, nan=0.0), 0.0)  # missing periods count as no demand
+        return y, history["ds"].to_numpy().astype("datetime64[D]")[-1]
+
+
+class Croston(_ConstantFamily):
+    """Croston's method with smoothing constants chosen separately for demand sizes and
+    inter-demand intervals by in-sample MSE (like statsforecast's CrostonOptimized), in numpy."""
+
+    name: ClassVar[str] = "croston"
+
+    def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> ConstantModel:
+        y, last = self._y(history)
+        nz = np.flatnonzero(y > 0)
+        if len(nz) == 0:
+            return ConstantModel(self.name, 0.0, last, _step_days(ctx))
+        sizes = y[nz]
+        intervals = np.diff(np.concatenate([[-1], nz])).astype(np.float64)
+        z, a_z = _best_ses(sizes)
+        p, a_p = _best_ses(intervals)
+        return ConstantModel(
+            self.name, float(z / max(p, 1.0)), last, _step_days(ctx), {"alpha_z": a_z, "alpha_p": a_p}
+        )
+
+
+class TSB(_ConstantFamily):
+    """Teunter-Syntetos-Babai: smoothed demand probability (updated every period) times
+    smoothed demand size (updated on demand); both constants by in-sample MSE, in numpy."""
+
+    name: ClassVar[str] = "tsb"
+    grid: ClassVar[np.ndarray] = np.array([0.02, 0.05, 0.1, 0.2, 0.3])
+
+    @staticmethod
+    def _run(y: np.ndarray, a_d: float, a_p: float) -> tuple[float, float]:
+        occurred = y > 0
+        first = np.flatnonzero(occurred)
+        z = float(y[first[0]]) if len(first) else 0.0
+        prob = float(occurred.mean())
+        sse = 0.0
+        for v, o in zip(y, occurred, strict=True):
+            f = prob * z
+            sse += (v - f) ** 2
+            prob += a_p * (float(o) - prob)
+            if o:
+                z += a_d * (v - z)
+        return prob * z, sse
+
+    def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> ConstantModel:
+        y, last = self._y(history)
+        y = y[-730:]
+        best = None
+        for a_d in self.grid:
+            for a_p in self.grid:
+                level, sse = self._run(y, a_d, a_p)
+                if best is None or sse < best[0]:
+                    best = (sse, level, float(a_d), float(a_p))
+        return ConstantModel(
+            self.name, float(best[1]), last, _step_days(ctx), {"alpha_d": best[2], "alpha_p": best[3]}
+        )
+
+
+# --- ensemble ----------------------------------------------------------------------------
+
+
+@dataclass
+class EnsembleModel:
+    family: ClassVar[str] = "ensemble"
+    members: list  # fitted models
+    weights: np.ndarray
+
+    def predict(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        preds = np.vstack([m.predict(ds, regressors) for m in self.members])
+        return self.weights @ preds
+
+    def to_dict(self) -> dict:
+        return {
+            "members": [{"family": m.family, "model": m.to_dict()} for m in self.members],
+            "weights": [float(w) for w in self.weights],
+        }
+
+    @property
+    def warm_start(self) -> dict | None:
+        return {m.family: m.warm_start for m in self.members}
+
+
+DEFAULT_ENSEMBLE = ("prophet", "regression")
+
+
+class Ensemble:
+    """Equal-weight mean of member families (``FitContext.options["ensemble"]``, default
+    prophet + regression). Combinations are usually more accurate than their members."""
+
+    name: ClassVar[str] = "ensemble"
+
+    def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> EnsembleModel:
+        names = tuple((ctx.options or {}).get("ensemble", DEFAULT_ENSEMBLE))
+        init = init or {}
+        members = [get_family(n).fit(history, ctx, init=init.get(n)) for n in names]
+        return EnsembleModel(members, np.full(len(members), 1.0 / len(members)))
+
+    def load(self, payload: dict) -> EnsembleModel:
+        members = [get_family(m["family"]).load(m["model"]) for m in payload["members"]]
+        return EnsembleModel(members, np.asarray(payload["weights"], dtype=np.float64))
+
+
+# --- the registry -------------------------------------------------------------------------
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Prophet(),
+        ProphetLibrary(),
+        SeasonalNaive(),
+        ETS(),
+        ARIMA(),
+        Theta(),
+        Regression(),
+        Croston(),
+        TSB(),
+        Ensemble(),
+    )
+}
+
+# Relative fitting cost, cheapest first: near-ties in model selection go to the cheaper family.
+COST_ORDER: tuple[str, ...] = (
+    "seasonal_naive",
+    "croston",
+    "tsb",
+    "regression",
+    "theta",
+    "ets",
+    "prophet",
+    "arima",
+    "ensemble",
+    "prophet_library",
+)
+
+
+# Families whose first fit in a process imports statsforecast (seconds: statsmodels, scipy.stats).
+STATSFORECAST_FAMILIES = frozenset({"ets", "arima", "theta"})
+
+
+def preload(names) -> None:
+    """Import what ``names`` need up front, so a per-series time limit never pays for imports."""
+    names = set(names)
+    if "ensemble" in names:
+        names |= set(DEFAULT_ENSEMBLE)
+    if names & STATSFORECAST_FAMILIES:
+        _quiet_statsforecast()
+        import statsforecast.models  # noqa: F401
+    if names & {"prophet", "prophet_library"}:
+        import mm_platform.forecasting.prophet_fast  # noqa: F401
+
+
+def cost_rank(name: str) -> int:
+    return COST_ORDER.index(name) if name in COST_ORDER else len(COST_ORDER)
 
 
 def get_family(name: str) -> Family:

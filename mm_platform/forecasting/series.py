@@ -1,10 +1,12 @@
 """Per-series training and forecasting: pure functions over pandas/numpy.
 
-``train_series`` is the whole per-series training step: check the series, fit on the
-training window, score the holdout against a seasonal-naive baseline, refit on all data
-warm-started from the first fit, and return the compact model with its metrics and a
-status/reason. ``forecast_series`` turns a compact model into a forecast frame. Spark and
-Dagster only wrap these.
+``train_series`` is the whole per-series training step: check the series, (for
+``family="auto"``) backtest every candidate family with rolling origins on the training
+window and pick the champion, fit on the training window, score the holdout against a
+seasonal-naive baseline, calibrate the prediction interval on the out-of-sample residuals
+(split conformal), refit on all data warm-started from the first fit, and return the
+compact model with its metrics and a status/reason. ``forecast_arrays`` turns a compact
+model into a forecast with numpy only. Spark and Dagster only wrap these.
 """
 
 from __future__ import annotations
@@ -21,10 +23,20 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from mm_platform.forecasting.families import FitContext, SeasonalNaive, get_family, load_model
-from mm_platform.forecasting.metrics import all_metrics
+from mm_platform.forecasting.families import (
+    FitContext,
+    SeasonalNaive,
+    cost_rank,
+    get_family,
+    load_model,
+    preload,
+)
+from mm_platform.forecasting.metrics import all_metrics, conformal_half_width, naive_scale, selection_metric
 
 TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
+AUTO = "auto"
+# Default candidates of ``family="auto"`` (every family in families.FAMILIES may be listed).
+DEFAULT_CANDIDATES = ("seasonal_naive", "croston", "tsb", "regression", "ets", "prophet", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,36 @@ class TrainSpec:
     prophet: dict = field(default_factory=dict)
     interval_coverage: float = 0.9
     fit_timeout_seconds: float | None = None
+    # Model selection (family="auto") and interval calibration.
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    folds: int = 3  # rolling-origin backtest folds of auto
+    calibration_folds: int = 0  # single-family runs: backtest folds used only for interval calibration
+    fold_length: int = 0  # periods per fold; 0 = holdout
+    metric: str = "wape"
+    tie_tolerance: float = 0.02  # relative: within it of the best, the cheaper family wins
+    fallback: str = "ensemble"  # auto's choice when the series is too short to backtest
+    interval_method: str = "conformal"  # or "normal" (holdout RMSE times the normal quantile)
+    max_horizon: int = 0  # periods forecast-path families store (at least holdout, fold_length, 2 seasons, 56)
+    options: dict = field(default_factory=dict)  # family options, e.g. {"ensemble": [...]}
 
     @property
     def fit_context(self) -> FitContext:
-        return FitContext(self.freq, self.season_length, self.regressors, self.prophet)
+        return FitContext(
+            self.freq,
+            self.season_length,
+            self.regressors,
+            self.prophet,
+            self.path_horizon,
+            self.options or None,
+        )
+
+    @property
+    def path_horizon(self) -> int:
+        return max(self.max_horizon, self.holdout, self.fold_length, 2 * self.season_length, 56)
+
+    @property
+    def backtest_folds(self) -> int:
+        return self.folds if self.family == AUTO else min(self.folds, self.calibration_folds)
 
 
 @dataclass
@@ -56,9 +94,24 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     model: dict | None = None  # compact form
     fit_seconds: float = 0.0
+    champion: str = ""  # the family that was fitted (auto: the selected one)
+    selection_reason: str = ""  # auto: why the champion won
 
     def model_json(self) -> str:
         return json.dumps(self.model, separators=(",", ":")) if self.model is not None else ""
+
+    def tags(self) -> dict[str, str]:
+        """Registry tags for model selection: ``champion``, ``selection_reason`` and every
+        ``backtest.<family>.<metric>`` / ``interval.*`` value (empty when not trained)."""
+        if self.status != TRAINED:
+            return {}
+        out = {"champion": self.champion}
+        if self.selection_reason:
+            out["selection_reason"] = self.selection_reason[:250]
+        for k, v in self.metrics.items():
+            if k.startswith(("backtest.", "interval.")):
+                out[k] = "" if v is None or v != v else f"{float(v):.6g}"
+        return out
 
 
 def fingerprint(history: pd.DataFrame, columns: list[str]) -> str:
@@ -101,7 +154,10 @@ def check_series(history: pd.DataFrame, spec: TrainSpec) -> tuple[str, str] | No
     if (y[observed] == 0).all():
         return SKIPPED, "all target values are zero"
     if observed.sum() < spec.min_history:
-        return SKIPPED, f"history of {int(observed.sum())} observations is shorter than min_history={spec.min_history}"
+        return (
+            SKIPPED,
+            f"history of {int(observed.sum())} observations is shorter than min_history={spec.min_history}",
+        )
     for r in spec.regressors:
         v = history[r].to_numpy(dtype=np.float64)
         if not np.isfinite(v).all():
@@ -141,12 +197,19 @@ def time_limit(seconds: float | None):
 
 def train_series(history: pd.DataFrame, spec: TrainSpec) -> TrainResult:
     """Train one series. ``history`` has columns ds, y and the regressors; never raises for bad data."""
+    try:  # imports are per process, not per series: outside the time limit and fit_seconds
+        names = {spec.family, *spec.candidates, spec.fallback} if spec.family == AUTO else {spec.family}
+        preload(names | set((spec.options or {}).get("ensemble", ())))
+    except Exception:
+        pass  # the fit itself reports the problem
     started = time.process_time()
     try:
         with time_limit(spec.fit_timeout_seconds):
             return _train_series(history, spec, started)
     except Exception as exc:  # one bad series never fails the run: it is reported instead
-        return TrainResult(FAILED, f"{type(exc).__name__}: {exc}"[:500], fit_seconds=time.process_time() - started)
+        return TrainResult(
+            FAILED, f"{type(exc).__name__}: {exc}"[:500], fit_seconds=time.process_time() - started
+        )
 
 
 def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float) -> TrainResult:
@@ -159,30 +222,297 @@ def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float) -> Tra
     if problem:
         return TrainResult(problem[0], problem[1], n_obs, last, fp)
     history = regularize(history, spec.freq, spec.regressors)
+    fits = fit_candidates(history, spec)
+    champion = fits.champion
+    metrics = dict(fits.holdout_metrics[champion]) | fits.naive_metrics | fits.backtest_metrics()
+    metrics |= fits.interval_metrics(champion)
+    model = fits.artifact(champion, refit=True)
+    return TrainResult(
+        TRAINED, "", n_obs, last, fp, metrics, model, time.process_time() - started, champion, fits.reason
+    )
+
+
+# --- backtesting, selection, calibration ---------------------------------------------------
+
+
+@dataclass
+class Backtest:
+    """Rolling-origin backtest of the candidates on one training window."""
+
+    folds: list[tuple[int, int]]  # (start, end) row positions of each fold's test window
+    forecasts: dict[str, list[np.ndarray]]  # family -> forecast per fold
+    actuals: list[np.ndarray]
+    errors: dict[str, str]  # family -> why it failed
+    scale: float  # seasonal-naive in-sample MAE (MASE)
+
+    def pooled(self, family: str, metric: str) -> float:
+        if family not in self.forecasts or not self.folds:
+            return float("nan")
+        a = np.concatenate(self.actuals)
+        f = np.concatenate(self.forecasts[family])
+        return selection_metric(metric, a, f, self.scale)
+
+    def residuals(self, family: str) -> np.ndarray:
+        if family not in self.forecasts:
+            return np.zeros(0)
+        return np.concatenate(
+            [a - f for a, f in zip(self.actuals, self.forecasts[family], strict=True)] or [np.zeros(0)]
+        )
+
+
+def fold_windows(n: int, folds: int, fold_length: int, min_fit: int) -> list[tuple[int, int]]:
+    """Test windows (start, end) of up to ``folds`` rolling origins ending at ``n``, newest
+    first, each leaving at least ``min_fit`` periods to fit on."""
+    out = []
+    for i in range(folds):
+        end = n - i * fold_length
+        start = end - fold_length
+        if start < min_fit:
+            break
+        out.append((start, end))
+    return out
+
+
+def _min_fit(spec: TrainSpec, fold_length: int) -> int:
+    return max(2 * fold_length, 2 * min(spec.season_length, 26), 30)
+
+
+def _forecast(fitted, frame: pd.DataFrame, regressors: tuple[str, ...]) -> np.ndarray:
+    regs = {r: frame[r].to_numpy(dtype=np.float64) for r in regressors}
+    return np.asarray(fitted.predict(frame["ds"].to_numpy(), regs), dtype=np.float64)
+
+
+def run_backtest(train: pd.DataFrame, spec: TrainSpec, families: tuple[str, ...], n_folds: int) -> Backtest:
+    """Fit each family on every rolling origin of ``train`` and forecast the next fold.
+    A family that fails on a fold is dropped (its error kept). The ensemble, when its members
+    are candidates too, is the mean of their fold forecasts (no extra fits)."""
+    L = spec.fold_length or spec.holdout
+    windows = fold_windows(len(train), n_folds, L, _min_fit(spec, L))
+    ctx = spec.fit_context
+    members = _ensemble_members(ctx)
+    derived_ensemble = "ensemble" in families and all(m in families for m in members)
+    forecasts: dict[str, list[np.ndarray]] = {f: [] for f in families}
+    errors: dict[str, str] = {}
+    actuals = []
+    for start, end in windows:
+        fit_part, test = train.iloc[:start], train.iloc[start:end]
+        actuals.append(test["y"].to_numpy(dtype=np.float64))
+        for name in families:
+            if name in errors or (name == "ensemble" and derived_ensemble):
+                continue
+            try:
+                fitted = get_family(name).fit(fit_part, ctx)
+                f = _forecast(fitted, test, spec.regressors)
+                if not np.isfinite(f).all():
+                    raise ValueError("non-finite forecast")
+                forecasts[name].append(f)
+            except Exception as exc:  # a family that cannot fit this series is not a candidate
+                errors[name] = f"{type(exc).__name__}: {exc}"[:200]
+        if derived_ensemble:
+            if any(m in errors for m in members):
+                errors["ensemble"] = "a member failed"
+            else:
+                forecasts["ensemble"].append(np.mean([forecasts[m][-1] for m in members], axis=0))
+    for name in errors:
+        forecasts.pop(name, None)
+    y_fit = train["y"].to_numpy(dtype=np.float64)
+    return Backtest(windows, forecasts, actuals, errors, naive_scale(y_fit, spec.season_length))
+
+
+def choose(bt: Backtest, candidates: tuple[str, ...], metric: str, tie_tolerance: float) -> tuple[str, str]:
+    """The champion and why: the lowest pooled backtest ``metric``; among those within
+    ``tie_tolerance`` (relative) of the best, the cheapest family (``families.COST_ORDER``)."""
+    scores = {f: bt.pooled(f, metric) for f in candidates if f in bt.forecasts}
+    used = metric
+    if not any(np.isfinite(v) for v in scores.values()):
+        used = "rmse"  # e.g. WAPE is undefined when every backtest actual is zero
+        scores = {f: bt.pooled(f, used) for f in scores}
+    scores = {f: v for f, v in scores.items() if np.isfinite(v)}
+    if not scores:
+        raise ValueError(
+            "no candidate family could be backtested: " + "; ".join(f"{k}: {v}" for k, v in bt.errors.items())
+        )
+    best = min(scores, key=lambda f: (scores[f], cost_rank(f)))
+    near = [f for f, v in scores.items() if v <= scores[best] * (1 + tie_tolerance) + 1e-12]
+    champion = min(near, key=cost_rank)
+    ranked = sorted(scores, key=scores.get)
+    if champion == best:
+        runner = next((f for f in ranked if f != best), None)
+        reason = f"lowest backtest {used} {scores[best]:.4g} over {len(bt.folds)} folds"
+        if runner:
+            reason += f" (next: {runner} {scores[runner]:.4g})"
+    else:
+        reason = (
+            f"backtest {used} {scores[champion]:.4g} within {tie_tolerance:.0%} of the best "
+            f"({best} {scores[best]:.4g}) over {len(bt.folds)} folds, and cheaper"
+        )
+    return champion, reason
+
+
+@dataclass
+class CandidateFits:
+    """What training one series produced: backtest, champion, holdout scores and calibration."""
+
+    spec: TrainSpec
+    history: pd.DataFrame
+    train: pd.DataFrame
+    test: pd.DataFrame
+    backtest: Backtest | None
+    champion: str
+    reason: str
+    holdout_forecasts: dict[str, np.ndarray]
+    holdout_metrics: dict[str, dict[str, float]]
+    naive_metrics: dict[str, float]
+    first_fits: dict[str, object]
+    final_fits: dict[str, object] = field(default_factory=dict)
+
+    def residuals(self, family: str) -> np.ndarray:
+        actual = self.test["y"].to_numpy(dtype=np.float64)
+        parts = [actual - self.holdout_forecasts[family]]
+        if self.backtest is not None:
+            parts.insert(0, self.backtest.residuals(family))
+        r = np.concatenate(parts)
+        return r[np.isfinite(r)]
+
+    def backtest_metrics(self) -> dict[str, float]:
+        if self.backtest is None or not self.backtest.folds:
+            return {}
+        out: dict[str, float] = {"backtest.folds": float(len(self.backtest.folds))}
+        metrics = dict.fromkeys(("wape", "mase", self.spec.metric))
+        for fam in self.backtest.forecasts:
+            for m in metrics:
+                out[f"backtest.{fam}.{m}"] = self.backtest.pooled(fam, m)
+        return out
+
+    def interval_metrics(self, family: str) -> dict[str, float]:
+        r = self.residuals(family)
+        half = conformal_half_width(r, self.spec.interval_coverage)
+        inside = float(np.mean(np.abs(r) <= half)) if len(r) else float("nan")
+        return {
+            "interval.half_width": half,
+            "interval.residuals": float(len(r)),
+            "interval.insample_coverage": inside,
+        }
+
+    def artifact(self, family: str, refit: bool = True) -> dict:
+        """The model artifact of ``family``: refitted on all data (warm-started from the
+        holdout fit), with its interval calibrated on its out-of-sample residuals."""
+        spec, history = self.spec, self.history
+        first = self.first_fits[family]
+        if not refit:
+            final = first
+        elif family in self.final_fits:
+            final = self.final_fits[family]
+        else:
+            final = _fit_or_combine(family, history, spec.fit_context, self.final_fits, init=first.warm_start)
+            self.final_fits[family] = final
+        model = {"family": family, "model": final.to_dict()}
+        z = NormalDist().inv_cdf(0.5 + spec.interval_coverage / 2)
+        actual = self.test["y"].to_numpy(dtype=np.float64)
+        if spec.interval_method == "conformal":
+            half = conformal_half_width(self.residuals(family), spec.interval_coverage)
+            # forecast_arrays (and the serving layer) compute the half-width as z * interval_sigma.
+            model["interval_sigma"] = half / z
+            model["interval"] = {
+                "method": "conformal",
+                "half_width": half,
+                "residuals": int(len(self.residuals(family))),
+            }
+        else:
+            model["interval_sigma"] = _interval_sigma(actual, self.holdout_forecasts[family])
+        model["interval_coverage"] = spec.interval_coverage
+        model["freq"] = spec.freq
+        model["last_ds"] = str(history["ds"].iloc[-1].date())
+        model["regressor_names"] = list(spec.regressors)
+        model["last_regressors"] = {r: float(history[r].iloc[-1]) for r in spec.regressors}
+        if spec.family == AUTO and self.backtest is not None:
+            model["selection"] = {
+                "champion": self.champion,
+                "reason": self.reason,
+                "metric": spec.metric,
+                "folds": len(self.backtest.folds),
+                "backtest": {
+                    fam: {
+                        m: _round(self.backtest.pooled(fam, m))
+                        for m in dict.fromkeys(("wape", "mase", spec.metric))
+                    }
+                    for fam in self.backtest.forecasts
+                },
+                "failed": dict(self.backtest.errors),
+            }
+        return model
+
+
+def _round(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(f"{v:.6g}")
+
+
+def _ensemble_members(ctx: FitContext) -> tuple[str, ...]:
+    from mm_platform.forecasting.families import DEFAULT_ENSEMBLE
+
+    return tuple((ctx.options or {}).get("ensemble", DEFAULT_ENSEMBLE))
+
+
+def _fit_or_combine(name: str, frame: pd.DataFrame, ctx: FitContext, fitted: dict, init: dict | None = None):
+    """Fit ``name`` on ``frame``; the ensemble reuses members already fitted on the same frame."""
+    if name == "ensemble":
+        members = _ensemble_members(ctx)
+        if all(m in fitted for m in members):
+            from mm_platform.forecasting.families import EnsembleModel
+
+            return EnsembleModel([fitted[m] for m in members], np.full(len(members), 1.0 / len(members)))
+    return get_family(name).fit(frame, ctx, init=init)
+
+
+def fit_candidates(history: pd.DataFrame, spec: TrainSpec, every: bool = False) -> CandidateFits:
+    """Backtest, select, fit on the training window and score the holdout.
+
+    ``history`` is regularized. With ``every`` (used by the accuracy report) every candidate
+    gets its holdout fit, not just the champion, so each can be turned into an artifact.
+    """
     train, test = history.iloc[: -spec.holdout], history.iloc[-spec.holdout :]
     ctx = spec.fit_context
-    family = get_family(spec.family)
-
-    test_ds = test["ds"].to_numpy()
-    test_regs = {r: test[r].to_numpy(dtype=np.float64) for r in spec.regressors}
+    if spec.family == AUTO:
+        candidates = tuple(dict.fromkeys(spec.candidates))
+        bt = run_backtest(train, spec, candidates, spec.folds)
+        if bt.folds:
+            champion, reason = choose(bt, candidates, spec.metric, spec.tie_tolerance)
+        else:
+            champion, reason = spec.fallback, "series too short to backtest: fallback family"
+        todo = [f for f in candidates if f in bt.forecasts or not bt.folds] if every else [champion]
+    else:
+        candidates = (spec.family,)
+        n = spec.backtest_folds if spec.interval_method == "conformal" else 0
+        bt = run_backtest(train, spec, candidates, n) if n else None
+        champion, reason, todo = spec.family, "", [spec.family]
     actual = test["y"].to_numpy(dtype=np.float64)
-
-    first = family.fit(train, ctx)
-    holdout_forecast = first.predict(test_ds, test_regs)
-    naive_forecast = SeasonalNaive().fit(train, ctx).predict(test_ds)
-    metrics = all_metrics(actual, holdout_forecast) | all_metrics(actual, naive_forecast, prefix="naive_")
-
-    # One training pass: the holdout fit warm-starts the final fit on all data.
-    final = family.fit(history, ctx, init=first.warm_start)
-    # The model artifact: the family's compact form plus what forecasting needs to know.
-    model = {"family": spec.family, "model": final.to_dict()}
-    model["interval_sigma"] = _interval_sigma(actual, holdout_forecast)
-    model["interval_coverage"] = spec.interval_coverage
-    model["freq"] = spec.freq
-    model["last_ds"] = str(history["ds"].iloc[-1].date())
-    model["regressor_names"] = list(spec.regressors)
-    model["last_regressors"] = {r: float(history[r].iloc[-1]) for r in spec.regressors}
-    return TrainResult(TRAINED, "", n_obs, last, fp, metrics, model, time.process_time() - started)
+    holdout_forecasts, holdout_metrics, first_fits = {}, {}, {}
+    todo = sorted(todo, key=lambda f: f == "ensemble")  # members first: the ensemble reuses their fits
+    for name in todo:
+        try:
+            first = _fit_or_combine(name, train, ctx, first_fits)
+        except Exception:
+            if name == champion or not every:
+                raise
+            continue
+        first_fits[name] = first
+        holdout_forecasts[name] = _forecast(first, test, spec.regressors)
+        holdout_metrics[name] = all_metrics(actual, holdout_forecasts[name])
+    naive_forecast = SeasonalNaive().fit(train, ctx).predict(test["ds"].to_numpy())
+    naive_metrics = all_metrics(actual, naive_forecast, prefix="naive_")
+    return CandidateFits(
+        spec,
+        history,
+        train,
+        test,
+        bt,
+        champion,
+        reason,
+        holdout_forecasts,
+        holdout_metrics,
+        naive_metrics,
+        first_fits,
+    )
 
 
 def future_dates(last_ds: str, horizon: int, freq: str) -> np.ndarray:
@@ -205,7 +535,9 @@ def forecast_arrays(
         if regressors and name in regressors:
             regs[name] = np.asarray(regressors[name], dtype=np.float64)[:horizon]
             if len(regs[name]) < horizon:
-                raise ValueError(f"regressor {name} has {len(regs[name])} future values, horizon is {horizon}")
+                raise ValueError(
+                    f"regressor {name} has {len(regs[name])} future values, horizon is {horizon}"
+                )
         else:
             regs[name] = np.full(horizon, float(model.get("last_regressors", {}).get(name, 0.0)))
     yhat = fitted.predict(ds, regs)

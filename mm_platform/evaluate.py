@@ -1,0 +1,365 @@
+"""Accuracy report: backtest the configured forecasting setup on the data, for ``auto`` and
+for every single family.
+
+``mm-platform evaluate [--config FILE] [--families a,b,...] [--series N] [--folds K] --json``
+
+Data come from the lake when it holds the source table, otherwise straight from the source
+database (pandas). Each series is cut at K outer origins (the last K x ``horizon`` periods);
+for each cut the production code path runs on the data before it -- ``fit_candidates`` (the
+same backtest, selection, holdout and conformal calibration as ``train_series``) and the
+artifacts' ``forecast_arrays`` with the actual future regressor values -- and the forecast
+is scored on the ``horizon`` periods after it, which no step of the training saw.
+
+Reported per method (``auto`` and each family): overall WAPE (pooled over all series and
+cuts), MASE (mean over series of MAE / in-sample seasonal-naive MAE), median per-series
+MAPE, empirical interval coverage (pooled, and the share of series within +/-10 pp),
+``share_beating_seasonal_naive`` (series whose absolute error is below seasonal naive's),
+and for ``auto`` the mix of chosen families. Single families get their intervals calibrated
+on the same backtest residuals as ``auto``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+from mm_platform.config import DatasetConfig, load_config
+from mm_platform.forecasting.metrics import coverage, mape, naive_scale
+from mm_platform.forecasting.series import (
+    AUTO,
+    TrainSpec,
+    check_series,
+    fit_candidates,
+    forecast_arrays,
+    regularize,
+)
+
+AUTO_LABEL = "auto"
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def load_frame(cfg: DatasetConfig) -> pd.DataFrame:
+    """The configured columns of the dataset: from the lake if it has the table, else the source."""
+    cols = cfg.columns
+    wanted = [cols.date, cols.target, *cols.keys, *cols.regressors]
+    frame = None
+    try:
+        from mm_platform.lake import Lake
+
+        lake = Lake(cfg.storage.lake_url)
+        if lake.raw_files(cfg.source.table):
+            frame = lake.read_raw(cfg.source.table, columns=wanted)
+    except Exception:  # no lake (yet): read the source
+        frame = None
+    if frame is None or frame.empty:
+        import sqlalchemy as sa
+
+        from mm_platform.sql import create_engine
+
+        engine = create_engine(cfg.source.url)
+        try:
+            table = sa.table(cfg.source.table, *(sa.column(c) for c in wanted))
+            with engine.connect() as conn:
+                frame = pd.read_sql(sa.select(*(table.c[c] for c in wanted)), conn)
+        finally:
+            engine.dispose()
+    frame[cols.date] = pd.to_datetime(frame[cols.date])
+    frame[cols.target] = pd.to_numeric(frame[cols.target], errors="coerce")
+    for r in cols.regressors:
+        frame[r] = pd.to_numeric(frame[r], errors="coerce").astype(np.float64)
+    return frame
+
+
+def series_frames(
+    cfg: DatasetConfig, frame: pd.DataFrame, limit: int | None
+) -> list[tuple[str, pd.DataFrame]]:
+    cols = cfg.columns
+    out = []
+    for key, g in frame.groupby(list(cols.keys), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        sid = ",".join(f"{k}={v}" for k, v in zip(cols.keys, key, strict=True))
+        h = g.rename(columns={cols.date: "ds", cols.target: "y"})[["ds", "y", *cols.regressors]]
+        out.append((sid, h.sort_values("ds").reset_index(drop=True)))
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+# -- one series -----------------------------------------------------------------------------
+
+
+def evaluate_series(sid: str, history: pd.DataFrame, spec: TrainSpec, horizon: int, outer_folds: int) -> dict:
+    """Forecasts of auto and every candidate at ``outer_folds`` cuts, with the actuals."""
+    h = history[["ds", "y", *spec.regressors]].copy()
+    h["ds"] = pd.to_datetime(h["ds"])
+    problem = check_series(h, spec)
+    if problem:
+        return {"series_id": sid, "status": problem[0], "reason": problem[1]}
+    h = regularize(h, spec.freq, spec.regressors)
+    n_obs = int(np.isfinite(h["y"].to_numpy(dtype=np.float64)).sum())
+    cuts = []
+    for i in range(outer_folds, 0, -1):
+        cut = len(h) - i * horizon
+        train = h.iloc[:cut]
+        if check_series(train, spec) is None:
+            cuts.append(cut)
+    if not cuts:
+        return {"series_id": sid, "status": "skipped", "reason": "too short to cut a test window"}
+    results = []
+    started = time.process_time()
+    for cut in cuts:
+        train, test = h.iloc[:cut], h.iloc[cut : cut + horizon]
+        fits = fit_candidates(train, spec, every=True)
+        regs = {r: test[r].to_numpy(dtype=np.float64) for r in spec.regressors}
+        actual = test["y"].to_numpy(dtype=np.float64)
+        forecasts = {}
+        for fam in fits.first_fits:
+            artifact = fits.artifact(fam)
+            _, yhat, lo, hi = forecast_arrays(artifact, len(test), regs)
+            forecasts[fam] = (yhat, lo, hi)
+        results.append(
+            {
+                "actual": actual,
+                "scale": naive_scale(train["y"].to_numpy(dtype=np.float64), spec.season_length),
+                "forecasts": forecasts,
+                "champion": fits.champion,
+                "backtested": bool(fits.backtest is not None and fits.backtest.folds),
+                "backtest": {f: fits.backtest.pooled(f, spec.metric) for f in fits.backtest.forecasts}
+                if fits.backtest is not None
+                else {},
+            }
+        )
+    return {
+        "series_id": sid,
+        "status": "ok",
+        "n_obs": n_obs,
+        "cuts": results,
+        "cpu_seconds": time.process_time() - started,
+    }
+
+
+def _evaluate_one(args):
+    return evaluate_series(*args)
+
+
+# -- aggregation ----------------------------------------------------------------------------
+
+
+def summarize(results: list[dict], methods: list[str], coverage_level: float, min_history_long: int) -> dict:
+    ok = [r for r in results if r["status"] == "ok"]
+    out: dict = {
+        "series": len(results),
+        "series_evaluated": len(ok),
+        "series_not_evaluated": Counter(_why(r["reason"]) for r in results if r["status"] != "ok"),
+        "cuts": sum(len(r["cuts"]) for r in ok),
+        "methods": {},
+    }
+    for method in methods:
+        abs_err = abs_act = 0.0
+        mases, mapes, covs, per_cov = [], [], [], []
+        beats = beats_long = n_long = compared = 0
+        mix: Counter = Counter()
+        for r in ok:
+            s_err = s_naive = 0.0
+            a_all, lo_all, hi_all = [], [], []
+            for c in r["cuts"]:
+                fam = c["champion"] if method == AUTO_LABEL else method
+                if fam not in c["forecasts"] or "seasonal_naive" not in c["forecasts"]:
+                    continue
+                if method == AUTO_LABEL:
+                    mix[fam] += 1
+                yhat, lo, hi = c["forecasts"][fam]
+                a = c["actual"]
+                okm = np.isfinite(a)
+                a, yhat, lo, hi = a[okm], yhat[okm], lo[okm], hi[okm]
+                naive = c["forecasts"]["seasonal_naive"][0][okm]
+                err = np.abs(a - yhat)
+                abs_err += err.sum()
+                abs_act += np.abs(a).sum()
+                s_err += err.sum()
+                s_naive += np.abs(a - naive).sum()
+                if np.isfinite(c["scale"]) and c["scale"] > 0 and len(a):
+                    mases.append(err.mean() / c["scale"])
+                mapes.append(mape(a, yhat))
+                a_all.append(a)
+                lo_all.append(lo)
+                hi_all.append(hi)
+            if not a_all:
+                continue
+            compared += 1
+            a, lo, hi = np.concatenate(a_all), np.concatenate(lo_all), np.concatenate(hi_all)
+            covs.append((np.sum((a >= lo) & (a <= hi)), len(a)))
+            per_cov.append(coverage(a, lo, hi))
+            better = s_err < s_naive
+            beats += better
+            if r["n_obs"] >= min_history_long:
+                n_long += 1
+                beats_long += better
+        hit = sum(c[0] for c in covs)
+        total = sum(c[1] for c in covs)
+        per_cov = np.asarray(per_cov, dtype=np.float64)
+        m = {
+            "series": compared,
+            "wape": _r(abs_err / abs_act) if abs_act > 0 else None,
+            "mase": _r(np.mean(mases)) if mases else None,
+            "median_mase": _r(np.median(mases)) if mases else None,
+            "median_mape": _r(np.nanmedian(mapes)) if np.isfinite(mapes).any() else None,
+            "interval_coverage": _r(hit / total) if total else None,
+            "median_series_coverage": _r(np.nanmedian(per_cov)) if len(per_cov) else None,
+            "share_series_coverage_within_10pp": _r(np.mean(np.abs(per_cov - coverage_level) <= 0.10))
+            if len(per_cov)
+            else None,
+            "share_beating_seasonal_naive": _r(beats / compared) if compared else None,
+            f"share_beating_seasonal_naive_history_ge_{min_history_long}": _r(beats_long / n_long)
+            if n_long
+            else None,
+        }
+        if method == AUTO_LABEL:
+            m["mix"] = dict(mix.most_common())
+        out["methods"][method] = m
+    return out
+
+
+def _why(reason: str) -> str:
+    return "shorter than min_history" if "min_history" in reason else reason[:60]
+
+
+def _r(v) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+# -- cost -----------------------------------------------------------------------------------
+
+
+def measure_cost(series: list[tuple[str, pd.DataFrame]], spec: TrainSpec, families: list[str]) -> dict:
+    """CPU seconds (time.process_time) of ``train_series`` per series, for auto and each given family."""
+    from mm_platform.forecasting.series import train_series
+
+    out = {}
+    for fam in [AUTO, *families]:
+        s = TrainSpec(**{**spec.__dict__, "family": fam, "fit_timeout_seconds": None})
+        train_series(series[0][1], s)  # imports and first-call set-up outside the timing
+        started = time.process_time()
+        for _, h in series:
+            train_series(h, s)
+        out[fam] = round((time.process_time() - started) / len(series), 3)
+    return out
+
+
+# -- command ----------------------------------------------------------------------------------
+
+
+def run(args) -> dict:
+    from mm_platform.spark_jobs import train_spec
+
+    cfg = load_config(args.config)
+    base = train_spec(cfg, AUTO)
+    candidates = list(base.candidates)
+    if args.families:
+        candidates = [f.strip() for f in args.families.split(",") if f.strip()]
+    from mm_platform.forecasting.families import FAMILIES
+
+    bad = [f for f in candidates if f not in FAMILIES]
+    if bad:
+        raise ValueError(f"unknown families {bad}; known: {sorted(FAMILIES)}")
+    if "seasonal_naive" not in candidates:
+        candidates = ["seasonal_naive", *candidates]  # the MASE / beating-naive baseline
+    spec = TrainSpec(**{**base.__dict__, "candidates": tuple(candidates), "fit_timeout_seconds": None})
+    started = time.time()
+    frame = load_frame(cfg)
+    series = series_frames(cfg, frame, args.series)
+    horizon = cfg.horizon
+    tasks = [(sid, h, spec, horizon, args.folds) for sid, h in series]
+    workers = max(1, min(args.workers, len(tasks)))
+    if workers == 1:
+        results = [_evaluate_one(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_evaluate_one, tasks, chunksize=1))
+    if args.dump:
+        import pickle
+
+        with open(args.dump, "wb") as f:
+            pickle.dump(results, f)
+    long_history = 365 if cfg.frequency == "daily" else 104
+    report = {
+        "config": cfg.name,
+        "frequency": cfg.frequency,
+        "horizon": horizon,
+        "outer_folds": args.folds,
+        "selection": {
+            "metric": spec.metric,
+            "folds": spec.folds,
+            "fold_length": spec.fold_length or spec.holdout,
+            "tie_tolerance": spec.tie_tolerance,
+            "candidates": list(spec.candidates),
+        },
+        "interval_coverage_nominal": spec.interval_coverage,
+        **summarize(results, [AUTO_LABEL, *candidates], spec.interval_coverage, long_history),
+    }
+    ok = [r for r in results if r["status"] == "ok"]
+    report["evaluate_cpu_seconds_per_series"] = _r(np.mean([r["cpu_seconds"] for r in ok])) if ok else None
+    if args.cost_sample:
+        sample = [s for s in series if check_series(s[1], spec) is None][: args.cost_sample]
+        if sample:
+            report["train_cpu_seconds_per_series"] = measure_cost(sample, spec, args.cost_families.split(","))
+            report["train_cost_sample"] = len(sample)
+    report["wall_seconds"] = round(time.time() - started, 1)
+    return report
+
+
+def _print_table(report: dict) -> None:
+    cols = ["wape", "mase", "median_mape", "interval_coverage", "share_beating_seasonal_naive"]
+    print(f"{'method':<16}" + "".join(f"{c:>30}" for c in cols))
+    for method, m in report["methods"].items():
+        print(f"{method:<16}" + "".join(f"{str(m.get(c)):>30}" for c in cols))
+    print("auto mix:", report["methods"][AUTO_LABEL].get("mix"))
+
+
+def cmd_evaluate(args) -> int:
+    report = run(args)
+    if args.json:
+        print(json.dumps(report, default=lambda o: dict(o) if isinstance(o, Counter) else str(o)))
+    else:
+        _print_table(report)
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    e = subparsers.add_parser(
+        "evaluate", help="backtest auto and every model family on the data; print accuracy"
+    )
+    e.add_argument(
+        "--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)"
+    )
+    e.add_argument(
+        "--families", help="comma-separated families to compare (default: the config's auto candidates)"
+    )
+    e.add_argument("--series", type=int, help="evaluate the first N series only")
+    e.add_argument(
+        "--folds", type=int, default=1, help="outer test windows of `horizon` periods per series (default 1)"
+    )
+    e.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (default 2)")
+    e.add_argument(
+        "--cost-sample", type=int, default=0, help="also time train_series (CPU s/series) on N series"
+    )
+    e.add_argument("--cost-families", default="prophet", help="families timed beside auto (default prophet)")
+    e.add_argument("--dump", help=argparse.SUPPRESS)  # pickle of the per-series results (analysis)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from mm_platform.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

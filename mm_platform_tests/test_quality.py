@@ -1,0 +1,183 @@
+"""Forecast quality: model selection picks the known-best family, regressors pay, and a
+weekly multi-key revenue dataset runs end to end through the same pipeline and YAML."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mm_platform.config import load_config
+from mm_platform.forecasting.series import TRAINED, TrainSpec, forecast_arrays, train_series
+
+CANDIDATES = ("seasonal_naive", "croston", "tsb", "regression", "ets", "prophet", "ensemble")
+
+
+def auto_spec(**over) -> TrainSpec:
+    base = {
+        "family": "auto", "freq": "D", "season_length": 7, "holdout": 28, "min_history": 90,
+        "candidates": CANDIDATES, "folds": 3, "fold_length": 28, "max_horizon": 28,
+    }
+    return TrainSpec(**(base | over))
+
+
+def test_weekly_seasonal_random_walk_level_picks_seasonal_naive_or_ets():
+    rng = np.random.default_rng(3)
+    n = 300
+    pattern = np.array([0.0, 2.0, 4.0, 3.0, 1.0, 9.0, 6.0])
+    level = 60 + np.cumsum(rng.normal(0, 1.0, n))
+    y = level + pattern[np.arange(n) % 7] + rng.normal(0, 0.3, n)
+    h = pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=n), "y": y})
+    r = train_series(h, auto_spec())
+    assert r.status == TRAINED, r.reason
+    assert r.champion in ("seasonal_naive", "ets"), (r.champion, r.selection_reason)
+    # The registry tags record the champion and every candidate's backtest metrics.
+    tags = r.tags()
+    assert tags["champion"] == r.champion and tags["selection_reason"]
+    assert {f"backtest.{f}.wape" for f in CANDIDATES} <= set(tags)
+    artifact = json.loads(r.model_json())
+    assert artifact["family"] == r.champion and artifact["selection"]["champion"] == r.champion
+    assert set(artifact["selection"]["backtest"]) == set(CANDIDATES)
+
+
+def test_intermittent_series_picks_croston_or_tsb():
+    rng = np.random.default_rng(5)
+    n = 400
+    y = np.where(rng.random(n) < 0.12, rng.poisson(4, n) + 1, 0).astype(float)
+    h = pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=n), "y": y})
+    r = train_series(h, auto_spec(metric="rmse"))
+    assert r.status == TRAINED, r.reason
+    assert r.champion in ("croston", "tsb"), (r.champion, r.selection_reason)
+    _, yhat, lo, hi = forecast_arrays(json.loads(r.model_json()), 28)
+    assert 0.3 < yhat.mean() < 1.3 and (hi > yhat).all()  # the demand rate is 0.12 * 5 = 0.6
+
+
+def price_driven(n=500, seed=11):
+    rng = np.random.default_rng(seed)
+    # Price changes every few days; demand has constant elasticity -2 and no seasonality.
+    price = np.repeat(rng.choice([1.5, 2.0, 2.5, 3.0, 4.0], size=n // 5 + 1), 5)[:n]
+    y = rng.poisson(40 * (price / 2.5) ** -2.0).astype(float)
+    return pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=n), "y": y, "price": price})
+
+
+def test_regressors_pay_price_driven_series_champion_uses_price():
+    h = price_driven()
+    r = train_series(h, auto_spec(regressors=("price",)))
+    assert r.status == TRAINED, r.reason
+    assert r.champion in ("regression", "prophet", "arima", "ensemble"), (r.champion, r.selection_reason)
+    # The same family without the regressor does much worse on the same holdout.
+    blind = train_series(h, TrainSpec(r.champion, "D", 7, 28, 90, (), max_horizon=28))
+    assert r.metrics["wape"] < 0.7 * blind.metrics["wape"], (r.metrics["wape"], blind.metrics["wape"])
+    assert r.metrics["wape"] < r.metrics["naive_wape"]
+    # Future prices move the forecast the right way.
+    artifact = json.loads(r.model_json())
+    _, cheap, _, _ = forecast_arrays(artifact, 7, {"price": np.full(7, 1.5)})
+    _, dear, _, _ = forecast_arrays(artifact, 7, {"price": np.full(7, 4.0)})
+    assert cheap.mean() > 2 * dear.mean()
+
+
+def test_short_series_fall_back_and_are_still_calibrated():
+    h = price_driven(n=100)
+    r = train_series(h, auto_spec(regressors=("price",)))
+    assert r.status == TRAINED and r.champion == "ensemble" and "too short" in r.selection_reason
+    assert json.loads(r.model_json())["interval"]["residuals"] == 28  # the holdout
+
+
+# --- weekly, three keys with other names, revenue, boolean + numeric regressors -------------
+
+RUN_DATE = date(2025, 12, 29)  # a Monday: weeks start on Mondays
+PACKAGED = Path(__file__).resolve().parents[1] / "mm_platform" / "configs" / "weekly_multikey.yaml"
+
+
+def weekly_revenue(seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    end = pd.Timestamp(RUN_DATE)
+    frames = []
+    combos = [(r, w, s) for r in ("north", "south") for w in ("WH-1", "WH-2") for s in ("A100", "B200", "C300")]
+    for i, (region, wh, sku) in enumerate(combos):
+        n = [160, 120, 70, 45, 20][i % 5]  # different lengths; the last is too short
+        weeks = pd.date_range(end=end, periods=n, freq="7D")
+        t = np.arange(n)
+        price = np.round(rng.uniform(8, 12, n), 2)
+        promo = rng.random(n) < 0.15
+        units = rng.poisson(
+            (50 + 10 * i) * (1 + 0.2 * np.sin(2 * np.pi * t / 52.18)) * (price / 10) ** -1.5 * (1 + 0.4 * promo)
+        )
+        frame = pd.DataFrame(
+            {"week_start": weeks.date, "region": region, "warehouse": wh, "sku": sku,
+             "revenue": units * price, "on_promo": promo, "unit_price": price}
+        )
+        missing = rng.random(n) < 0.05  # missing weeks
+        missing[-1] = False
+        frames.append(frame[~missing])
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def weekly_run(tmp_path_factory, spark):
+    import sqlalchemy as sa
+
+    from mm_platform.definitions import defs
+    from mm_platform.defs.resources import build_resources
+
+    home = tmp_path_factory.mktemp("weekly_home")
+    raw = yaml.safe_load(PACKAGED.read_text())
+    raw["source"]["url"] = f"sqlite:///{home}/weekly_source.db"
+    raw["storage"] = {k: v.replace("${MM_HOME}", str(home)) for k, v in raw["storage"].items()}
+    raw["spark"] = {"master": "local[2]", "shuffle_partitions": 2}
+    raw["promotion"] = {"max_wape": None, "beats_seasonal_naive": False, "not_worse_than_production": False}
+    path = home / "weekly.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    data = weekly_revenue()
+    engine = sa.create_engine(cfg.source.url)
+    with engine.begin() as conn:
+        data.to_sql(cfg.source.table, conn, index=False)
+    engine.dispose()
+    result = dg.materialize(
+        list(defs().assets), partition_key=str(RUN_DATE), resources=build_resources(cfg, str(path)), raise_on_error=True
+    )
+    return cfg, data, result
+
+
+def test_weekly_multikey_revenue_end_to_end(weekly_run):
+    from mm_platform.pipeline import training_registry
+    from mm_platform.warehouse import Warehouse
+
+    cfg, data, result = weekly_run
+    assert result.success
+    assert cfg.keys == ["region", "warehouse", "sku"] and cfg.frequency == "weekly"
+    wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
+    report = wh.read("SELECT * FROM training_report WHERE run_date = :r", r=RUN_DATE)
+    assert len(report) == 12
+    lengths = data.groupby(["region", "warehouse", "sku"]).size()
+    assert set(report["status"]) == {"trained", "skipped"}
+    assert (report["status"] == "skipped").sum() == int((lengths < cfg.min_history).sum())
+    models = training_registry(cfg).latest_by_series(cfg.name)
+    trained = report[report["status"] == "trained"]
+    assert len(models) == len(trained)
+    for _, row in trained.iterrows():
+        mv = models[row["series_id"]]
+        assert mv.tags["key.region"] == row["region"] and mv.tags["key.sku"] == row["sku"]
+        artifact = training_registry(cfg).load_model(mv)
+        assert artifact["freq"] == "W" and artifact["regressor_names"] == ["on_promo", "unit_price"]
+        assert artifact["selection"]["champion"] == artifact["family"]
+    preds = wh.read("SELECT * FROM predictions WHERE run_date = :r", r=RUN_DATE)
+    counts = preds.groupby("series_id").size()
+    assert set(counts.index) == set(trained["series_id"]) and (counts == cfg.horizon).all()
+    ds = pd.to_datetime(preds["ds"])
+    assert ds.min() == pd.Timestamp(RUN_DATE) + pd.Timedelta(days=7)
+    assert set(ds.dt.dayofweek) == {0}  # weekly, on the data's Mondays
+    assert (preds["yhat_lower"] <= preds["yhat"]).all() and (preds["yhat"] <= preds["yhat_upper"]).all()
+    # Forecasts are on the revenue scale of each series.
+    last = data.sort_values("week_start").groupby(["region", "warehouse", "sku"])["revenue"].apply(lambda s: s.tail(26).mean())
+    for sid, g in preds.groupby("series_id"):
+        keys = dict(kv.split("=") for kv in sid.split(","))
+        level = last[(keys["region"], keys["warehouse"], keys["sku"])]
+        assert 0.4 * level < g["yhat"].mean() < 2.0 * level, (sid, g["yhat"].mean(), level)
