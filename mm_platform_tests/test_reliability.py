@@ -26,7 +26,6 @@ from mm_platform.pipeline import (
     failed_series,
     production_by_series,
     production_registry,
-    promote,
     rollback,
     train_and_register,
     training_registry,
