@@ -32,6 +32,18 @@ def production_registry(cfg: DatasetConfig, writable: bool = False) -> ModelRegi
     )
 
 
+def _selection_tags(model_json: str) -> dict[str, str]:
+    """For ``algorithm: auto``: the champion, why it won, and every candidate's backtest metrics."""
+    sel = json.loads(model_json).get("selection") if model_json else None
+    if not sel:
+        return {}
+    tags = {"champion": str(sel.get("champion", "")), "selection_reason": str(sel.get("reason", ""))[:5000]}
+    for family, metrics in (sel.get("backtest") or {}).items():
+        for m, v in (metrics or {}).items():
+            tags[f"backtest.{family}.{m}"] = _fmt(v) if isinstance(v, int | float) else str(v)
+    return tags
+
+
 def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and v != v) else f"{float(v):.6g}"
 
@@ -86,6 +98,7 @@ def register_model_set(
             "n_obs": str(int(r["n_obs"])),
             **{f"metric.{m}": _fmt(r[m]) for m in METRICS},
         }
+        tags |= _selection_tags(r["model_json"])
         entries.append((name, r["model_json"].encode(), tags))
         rows.append(i)
     registered = registry.register_many(entries, run_name=f"{cfg.name}-model-set-{run_date}", run_tags={"run_date": str(run_date), "dagster_run_id": run_id})

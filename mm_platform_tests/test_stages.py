@@ -151,3 +151,13 @@ def test_registry_verifies_artifact_checksums(tmp_path):
     ro = ModelRegistry(f"sqlite:///{tmp_path}/r.db", str(tmp_path / "art"), "x", writable=False)
     with pytest.raises(PermissionError):
         ro.register_many([("ds.s_2", b"{}", {})], "run", {})
+
+
+def test_auto_selection_becomes_registry_tags():
+    from mm_platform.pipeline import _selection_tags
+
+    r = train_series(_series(300), TrainSpec(family="auto", freq="D", season_length=7, holdout=28, min_history=60))
+    tags = _selection_tags(r.model_json())
+    assert tags["champion"] == r.champion and tags["selection_reason"] == r.selection_reason
+    assert {k for k in tags if k.startswith("backtest.")} >= {"backtest.seasonal_naive.wape", "backtest.prophet.wape"}
+    assert _selection_tags(train_series(_series(), SPEC).model_json()) == {}
