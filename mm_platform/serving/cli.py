@@ -7,15 +7,7 @@ import json
 import logging
 import sys
 
-
-def _positive_int(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return n
+from mm_platform.cli import _positive
 
 
 def _positive_float(v: str) -> float:
@@ -36,13 +28,13 @@ def _key_type(v: str) -> tuple[str, str]:
 
 
 def add_cache_options(p: argparse.ArgumentParser, bench: bool = False) -> None:
-    p.add_argument("--cache-models", type=_positive_int, default=None if bench else 2000,
+    p.add_argument("--cache-models", type=_positive, default=None if bench else 2000,
                    help="most models kept loaded (default 2000" + ("; 1000 with --cycle)" if bench else ")"))
     p.add_argument("--cache-mb", type=_positive_float, default=None if bench else 256.0,
                    help="most megabytes of loaded models (default 256" + ("; 8 with --cycle)" if bench else ")"))
     p.add_argument("--version-ttl", type=_positive_float, default=5.0,
                    help="seconds a cached model's version is trusted before it is re-checked in the background (default 5)")
-    p.add_argument("--load-workers", type=_positive_int, default=4, help="threads for registry lookups and model loads (default 4)")
+    p.add_argument("--load-workers", type=_positive, default=4, help="threads for registry lookups and model loads (default 4)")
 
 
 def settings_from_args(args):
@@ -93,10 +85,10 @@ def add_commands(sub) -> None:
     s = sub.add_parser("serve", help="serve real-time forecasts from the production registry (FastAPI + uvicorn)")
     s.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=_positive_int, default=8000)
+    s.add_argument("--port", type=_positive, default=8000)
     add_cache_options(s)
-    s.add_argument("--max-horizon", type=_positive_int, help="largest horizon a request may ask for (default 4 x the config's horizon)")
-    s.add_argument("--max-batch", type=_positive_int, default=1000, help="most items in one batch request (default 1000)")
+    s.add_argument("--max-horizon", type=_positive, help="largest horizon a request may ask for (default 4 x the config's horizon)")
+    s.add_argument("--max-batch", type=_positive, default=1000, help="most items in one batch request (default 1000)")
     s.add_argument("--key-type", type=_key_type, action="append", metavar="KEY=int|str|any",
                    help="type of a partition key's values in requests (default any: integer or string)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -104,14 +96,14 @@ def add_commands(sub) -> None:
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench-serve", help="benchmark the real-time service on generated production models (127.0.0.1 only)")
-    b.add_argument("--models", type=_positive_int, help="production models to build (default 1000; 10000 with --cycle)")
-    b.add_argument("--requests", type=_positive_int,
+    b.add_argument("--models", type=_positive, help="production models to build (default 1000; 10000 with --cycle)")
+    b.add_argument("--requests", type=_positive,
                    help="warm requests, Zipf-distributed over the models (default 20000; with wrk, the Zipf sequence it cycles through); "
                         "with --cycle: requests cycling over the models (default: one pass)")
-    b.add_argument("--concurrency", type=_positive_int, default=32, help="requests in flight (default 32)")
-    b.add_argument("--cold-concurrency", type=_positive_int, default=4, help="requests in flight while measuring cold loads (default 4)")
+    b.add_argument("--concurrency", type=_positive, default=32, help="requests in flight (default 32)")
+    b.add_argument("--cold-concurrency", type=_positive, default=4, help="requests in flight while measuring cold loads (default 4)")
     b.add_argument("--zipf", type=_positive_float, default=1.1, help="Zipf exponent of the series popularity (default 1.1)")
-    b.add_argument("--horizon", type=_positive_int, default=28)
+    b.add_argument("--horizon", type=_positive, default=28)
     b.add_argument("--loadgen", choices=["auto", "wrk", "httpx"], default="auto",
                    help="client for the warm phase: wrk if installed (auto), else the async httpx load generator")
     b.add_argument("--duration", type=_positive_float, default=20.0,
