@@ -26,6 +26,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from mm_platform.config import StorageConfig
+
 RUN_DATE = date(2025, 12, 31)
 ITEMS_PER_STORE = 100
 MARK = "@@mark "
@@ -47,14 +49,7 @@ def bench_config(home: Path, horizon: int, algorithm: str = "prophet", shuffle_p
         # Benchmarks promote everything that trained: scoring measures scoring, not the rules.
         "promotion": {"max_wape": None, "beats_seasonal_naive": False, "not_worse_than_production": False},
         "spark": {"master": "local[*]", "shuffle_partitions": shuffle_partitions},
-        "storage": {
-            "lake_url": f"{home}/lake",
-            "warehouse_url": f"sqlite:///{home}/warehouse.db",
-            "training_registry_uri": f"sqlite:///{home}/mlflow/training.db",
-            "training_artifact_root": f"{home}/mlflow/training-artifacts",
-            "production_registry_uri": f"sqlite:///{home}/mlflow/production.db",
-            "production_artifact_root": f"{home}/mlflow/production-artifacts",
-        },
+        "storage": StorageConfig.embedded(home),
     }
     path = home / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -183,6 +183,18 @@ class StorageConfig(_Strict):
     production_registry_uri: str = "sqlite:///${MM_HOME}/mlflow/production.db"
     production_artifact_root: str = "${MM_HOME}/mlflow/production-artifacts"
 
+    @classmethod
+    def embedded(cls, home) -> dict[str, str]:
+        """The embedded defaults rooted at ``home`` (a config's ``storage`` section)."""
+        return {
+            "lake_url": f"{home}/lake",
+            "warehouse_url": f"sqlite:///{home}/warehouse.db",
+            "training_registry_uri": f"sqlite:///{home}/mlflow/training.db",
+            "training_artifact_root": f"{home}/mlflow/training-artifacts",
+            "production_registry_uri": f"sqlite:///{home}/mlflow/production.db",
+            "production_artifact_root": f"{home}/mlflow/production-artifacts",
+        }
+
     @field_validator("*")
     @classmethod
     def _expand_defaults(cls, v: str) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mm_platform.config import StorageConfig
+
 os.environ.setdefault("MM_SPARK_DRIVER_MEMORY", "1g")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # tests stay on loopback
 logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
@@ -29,14 +31,7 @@ def write_config(home: Path, **over) -> Path:
         "min_history": 90,
         "promotion": {"max_wape": 0.6, "beats_seasonal_naive": True},
         "spark": {"master": "local[2]", "shuffle_partitions": 2},
-        "storage": {
-            "lake_url": f"{home}/lake",
-            "warehouse_url": f"sqlite:///{home}/warehouse.db",
-            "training_registry_uri": f"sqlite:///{home}/mlflow/training.db",
-            "training_artifact_root": f"{home}/mlflow/training-artifacts",
-            "production_registry_uri": f"sqlite:///{home}/mlflow/production.db",
-            "production_artifact_root": f"{home}/mlflow/production-artifacts",
-        },
+        "storage": StorageConfig.embedded(home),
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

@@ -33,6 +33,8 @@ import numpy as np
 import psutil
 import yaml
 
+from mm_platform.config import StorageConfig
+
 BUILD_FORMAT = 1
 DATASET = "bench"
 TARGETS = {"warm_p99_ms": 15.0, "cold_p99_ms": 100.0, "requests_per_s": 1000.0, "cycle_peak_rss_mb": 1024.0}
@@ -55,14 +57,7 @@ def bench_config(home: Path) -> dict:
         "horizon": 28,
         "holdout": 28,
         "min_history": 90,
-        "storage": {
-            "lake_url": f"{home}/lake",
-            "warehouse_url": f"sqlite:///{home}/warehouse.db",
-            "training_registry_uri": f"sqlite:///{home}/mlflow/training.db",
-            "training_artifact_root": f"{home}/mlflow/training-artifacts",
-            "production_registry_uri": f"sqlite:///{home}/mlflow/production.db",
-            "production_artifact_root": f"{home}/mlflow/production-artifacts",
-        },
+        "storage": StorageConfig.embedded(home),
     }
 
 
