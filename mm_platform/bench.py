@@ -224,16 +224,15 @@ def worker(argv: list[str]) -> None:
         _mark("end")
         out = {"promoted": o.promoted}
     elif a.role == "ours-score":
-        from mm_platform.pipeline import production_models_frame, production_registry
-        from mm_platform.spark_jobs import read_training_set, score_series
+        from mm_platform.pipeline import production_registry
+        from mm_platform.scoring import score_and_write
         from mm_platform.warehouse import Warehouse
 
         _mark("start")
-        models, problems = production_models_frame(cfg, production_registry(cfg))
-        preds = score_series(spark, models, read_training_set(spark, lake, cfg, RUN_DATE), cfg)
-        rows = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys).replace_run("predictions", RUN_DATE, preds.assign(scoring_run_id="bench"))
+        o = score_and_write(spark, lake, cfg, RUN_DATE, production_registry(cfg),
+                            Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys), "bench")
         _mark("end")
-        out = {"series": int(preds["series_id"].nunique()), "rows": rows, "not_loaded": len(problems)}
+        out = {"series": o.scored, "rows": o.rows_written, "failed": o.failed}
     elif a.role in ("baseline-train", "baseline-fit-models", "baseline-score"):
         out = _baseline(spark, lake, cfg, a.role, a.series, home)
     else:

@@ -110,6 +110,8 @@ def cmd_run(args) -> int:
         "models_unchanged": meta("model_set", "models_unchanged"),
         "models_failed": meta("model_set", "models_failed"),
         "models_promoted": meta("promoted_models", "promoted"),
+        "series_scored": meta("batch_predictions", "series_scored"),
+        "series_not_scored": meta("batch_predictions", "series_failed"),
         "prediction_rows": meta("batch_predictions", "prediction_rows"),
         "warehouse_url": wh.engine.url.render_as_string(hide_password=True),
         "training_registry_uri": cfg.storage.training_registry_uri,

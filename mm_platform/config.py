@@ -159,6 +159,14 @@ class TrainingConfig(_Strict):
     fit_timeout_seconds: float | None = Field(60.0, gt=0, description="per-series limit; a slower fit is marked failed")
 
 
+class ScoringConfig(_Strict):
+    # The same kind of threshold for batch scoring: past it the run date's predictions are not replaced.
+    max_failed_fraction: float | None = Field(
+        0.2, ge=0, le=1, description="fail the scoring run above this share of series whose forecast failed"
+    )
+    max_failed_count: int | None = Field(None, ge=0, description="fail the scoring run above this many failed series")
+
+
 class PromotionRules(_Strict):
     max_wape: float | None = Field(0.5, gt=0, description="holdout WAPE must be at most this")
     max_mape: float | None = Field(None, gt=0, description="holdout MAPE must be at most this")
@@ -221,6 +229,7 @@ class DatasetConfig(_Strict):
     )
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     promotion: PromotionRules = Field(default_factory=PromotionRules)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

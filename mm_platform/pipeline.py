@@ -117,20 +117,30 @@ class ErrorThresholdExceeded(RuntimeError):
     """Too many series failed: the run stops instead of registering a damaged model set."""
 
 
-def check_error_threshold(results: pd.DataFrame, cfg: DatasetConfig) -> None:
-    failed = results[results["status"] == "failed"]
-    n, total = len(failed), len(results)
-    limits = cfg.training
+def threshold_exceeded(
+    failed: pd.DataFrame, total: int, limits, section: str, what: str, consequence: str
+) -> ErrorThresholdExceeded | None:
+    """The error to raise when ``failed`` (rows with a ``reason``) is over ``limits``'
+    max_failed_count / max_failed_fraction (config section ``section``), else None."""
+    n = len(failed)
     over_count = limits.max_failed_count is not None and n > limits.max_failed_count
     over_share = limits.max_failed_fraction is not None and total and n / total > limits.max_failed_fraction
-    if over_count or over_share:
-        reasons = failed["reason"].value_counts().head(5)
-        top = "; ".join(f"{cnt}x {why}" for why, cnt in reasons.items())
-        raise ErrorThresholdExceeded(
-            f"{n} of {total} series failed to train, over the error threshold "
-            f"(training.max_failed_fraction={limits.max_failed_fraction}, training.max_failed_count={limits.max_failed_count}); "
-            f"nothing was registered. Most common reasons: {top}"
-        )
+    if not (over_count or over_share):
+        return None
+    reasons = failed["reason"].value_counts().head(5)
+    top = "; ".join(f"{cnt}x {why}" for why, cnt in reasons.items())
+    return ErrorThresholdExceeded(
+        f"{n} of {total} series failed to {what}, over the error threshold "
+        f"({section}.max_failed_fraction={limits.max_failed_fraction}, {section}.max_failed_count={limits.max_failed_count}); "
+        f"{consequence}. "
+        f"Most common reasons: {top}"
+    )
+
+
+def check_error_threshold(results: pd.DataFrame, cfg: DatasetConfig) -> None:
+    err = threshold_exceeded(results[results["status"] == "failed"], len(results), cfg.training, "training", "train", "nothing was registered")
+    if err is not None:
+        raise err
 
 
 def train_and_register(
@@ -320,7 +330,8 @@ def production_models_frame(cfg: DatasetConfig, production: ModelRegistry) -> tu
         try:
             data = production.read_artifact(mv)
         except Exception as exc:  # a bad artifact skips that series only
-            problems.append({"series_id": sid, "model_name": mv.name, "reason": f"{type(exc).__name__}: {exc}"})
+            problems.append({**{k: mv.tags.get(f"key.{k}") for k in cfg.keys}, "series_id": sid, "model_name": mv.name,
+                             "model_version": mv.version, "reason": f"{type(exc).__name__}: {exc}"})
             continue
         keys = {k: mv.tags.get(f"key.{k}") for k in cfg.keys}
         rows.append({**keys, "series_id": sid, "model_name": mv.name, "model_version": mv.version, "model_json": data.decode()})

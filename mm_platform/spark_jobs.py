@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from datetime import date
 
 import pandas as pd
@@ -261,49 +262,95 @@ PREDICTION_FIELDS = [
     ("model_name", T.StringType()),
     ("model_version", T.LongType()),
 ]
+# Scoring emits, besides prediction rows, one report row per series (ds null, status set).
+SCORING_STATUS_FIELDS = [("status", T.StringType()), ("reason", T.StringType()), ("prediction_rows", T.LongType())]
+SCORED, SCORING_FAILED, SCORING_SKIPPED = "scored", "failed", "skipped"
 
 
-def _score_fn(keys: list[str], horizon: int, nonnegative: bool):
+def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool):
+    """One series' forecast arrays, or the reason it could not be forecast (never raises)."""
     import json
 
     import numpy as np
 
+    try:
+        ds, yhat, lo, hi = forecast_arrays(json.loads(model_json), horizon, nonnegative=nonnegative)
+    except Exception as exc:  # one bad model fails its series only
+        return None, f"forecast raised {type(exc).__name__}: {str(exc)[:300]}"
+    if not (np.isfinite(yhat).all() and np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return None, "forecast has non-finite values"
+    return (ds, yhat, lo, hi), None
+
+
+def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[str]):
+    import numpy as np
+
+    value_cols = ("ds", "yhat", "yhat_lower", "yhat_upper")
+    meta_cols = (*keys, "series_id", "model_name", "model_version")
+
     def score(batches):
         # Numpy per series, one DataFrame per Arrow batch: no pandas round trip per series.
         for pdf in batches:
-            cols: dict[str, list] = {c: [] for c in ("ds", "yhat", "yhat_lower", "yhat_upper")}
-            meta: dict[str, list] = {c: [] for c in (*keys, "series_id", "model_name", "model_version")}
+            cols: dict[str, list] = {c: [] for c in value_cols}
+            meta: dict[str, list] = {c: [] for c in meta_cols}
+            report: list[dict] = []
             for row in pdf.itertuples(index=False):
-                ds, yhat, lo, hi = forecast_arrays(json.loads(row.model_json), horizon, nonnegative=nonnegative)
-                for c, v in zip(("ds", "yhat", "yhat_lower", "yhat_upper"), (ds, yhat, lo, hi), strict=True):
+                ident = {c: getattr(row, c) for c in meta_cols}
+                if not isinstance(row.model_json, str):
+                    report.append(ident | {"status": SCORING_SKIPPED, "reason": "no production model", "prediction_rows": 0})
+                    continue
+                if pd.isna(row.last_ds):
+                    report.append(ident | {"status": SCORING_SKIPPED, "reason": "not in the run date's training set",
+                                           "prediction_rows": 0})
+                    continue
+                arrays, why = forecast_or_reason(row.model_json, horizon, nonnegative)
+                if arrays is None:
+                    report.append(ident | {"status": SCORING_FAILED, "reason": why, "prediction_rows": 0})
+                    continue
+                report.append(ident | {"status": SCORED, "reason": "", "prediction_rows": len(arrays[0])})
+                for c, v in zip(value_cols, arrays, strict=True):
                     cols[c].append(v)
                 for c in meta:
-                    meta[c].append(getattr(row, c))
-            if not cols["ds"]:
-                continue
-            n = [len(d) for d in cols["ds"]]
-            out = {c: np.repeat(np.asarray(v, dtype=object if c in keys or c in ("series_id", "model_name") else None), n)
-                   for c, v in meta.items()}
-            out["ds"] = np.concatenate(cols["ds"]).astype("datetime64[D]").astype(object)
-            for c in ("yhat", "yhat_lower", "yhat_upper"):
-                out[c] = np.concatenate(cols[c])
-            frame = pd.DataFrame(out)
-            frame["model_version"] = frame["model_version"].astype("int64")
-            yield frame
+                    meta[c].append(ident[c])
+            if cols["ds"]:
+                n = [len(d) for d in cols["ds"]]
+                out = {c: np.repeat(np.asarray(v, dtype=object if c in keys or c in ("series_id", "model_name") else None), n)
+                       for c, v in meta.items()}
+                out["ds"] = np.concatenate(cols["ds"]).astype("datetime64[D]").astype(object)
+                for c in ("yhat", "yhat_lower", "yhat_upper"):
+                    out[c] = np.concatenate(cols[c])
+                frame = pd.DataFrame(out)
+                frame["model_version"] = frame["model_version"].astype("int64")
+                # (typed nulls for the report columns: Arrow cannot cast all-NaN floats to strings)
+                frame["status"] = frame["reason"] = pd.Series([None] * len(frame), dtype=object)
+                frame["prediction_rows"] = pd.array([None] * len(frame), dtype="Int64")
+                yield frame[columns]
+            if report:
+                frame = pd.DataFrame(report)
+                frame["model_version"] = frame["model_version"].astype("Int64")
+                frame["prediction_rows"] = frame["prediction_rows"].astype("int64")
+                frame["ds"] = pd.Series([None] * len(frame), dtype=object)
+                for c in ("yhat", "yhat_lower", "yhat_upper"):
+                    frame[c] = np.nan
+                yield frame[columns]
 
     return score
 
 
-def score_series(spark: SparkSession, models: pd.DataFrame, training_set: DataFrame, cfg: DatasetConfig) -> pd.DataFrame:
-    """Forecast ``cfg.horizon`` periods for every series that has a production model.
+@dataclass
+class ScoredSeries:
+    predictions: pd.DataFrame  # keys, series_id, ds, yhat, yhat_lower, yhat_upper, model_name, model_version
+    report: pd.DataFrame  # keys, series_id, model_name, model_version, status, reason, prediction_rows
+
+
+def score_series(spark: SparkSession, models: pd.DataFrame, training_set: DataFrame, cfg: DatasetConfig) -> ScoredSeries:
+    """Forecast ``cfg.horizon`` periods for every series that has a production model and data
+    in ``training_set``, with one report row per series of either: scored, failed (with the
+    reason: one bad model never fails the others) or skipped (no production model, or no data).
 
     ``models`` holds keys, series_id, model_name, model_version and the verified model JSON.
-    Only series present in the latest data are scored.
     """
     keys = cfg.keys
-    if models.empty:
-        return pd.DataFrame(columns=[*keys, *(n for n, _ in PREDICTION_FIELDS)])
-    latest = training_set.groupBy("series_id").agg(F.max("ds").alias("last_ds"))
     key_fields = [training_set.schema[k] for k in keys]
     model_schema = T.StructType(
         [T.StructField(f.name, f.dataType) for f in key_fields]
@@ -314,15 +361,30 @@ def score_series(spark: SparkSession, models: pd.DataFrame, training_set: DataFr
             T.StructField("model_json", T.StringType()),
         ]
     )
-    models = models.copy()
+    models = models.copy() if len(models) else pd.DataFrame(columns=[f.name for f in model_schema.fields])
     for f in key_fields:  # registry tags are strings; match the data's key types
         if isinstance(f.dataType, T.IntegralType):
             models[f.name] = models[f.name].astype("int64")
         elif isinstance(f.dataType, T.StringType):
             models[f.name] = models[f.name].astype(str)
-    mdf = spark.createDataFrame(models[[*keys, "series_id", "model_name", "model_version", "model_json"]], schema=model_schema)
-    todo = mdf.join(latest.select("series_id"), "series_id", "inner")
-    out_schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in PREDICTION_FIELDS])
+    mdf = spark.createDataFrame(models[[f.name for f in model_schema.fields]], schema=model_schema)
+    latest = training_set.groupBy(*keys, "series_id").agg(F.max("ds").alias("last_ds"))
+    # Full outer join: series without a model and models without data are reported, not dropped.
+    todo = mdf.alias("m").join(latest.alias("d"), "series_id", "full_outer").select(
+        *[F.coalesce(F.col(f"m.{k}"), F.col(f"d.{k}")).alias(k) for k in keys],
+        "series_id", "model_name", "model_version", "model_json", "last_ds",
+    )
+    out_schema = T.StructType(
+        [T.StructField(f.name, f.dataType) for f in key_fields]
+        + [T.StructField(n, t) for n, t in PREDICTION_FIELDS]
+        + [T.StructField(n, t) for n, t in SCORING_STATUS_FIELDS]
+    )
     n_parts = max(1, int(spark.conf.get("spark.sql.shuffle.partitions", "4")))
-    result = todo.repartition(n_parts).mapInPandas(_score_fn(keys, cfg.horizon, True), schema=out_schema)
-    return result.toPandas()
+    result = todo.repartition(n_parts).mapInPandas(
+        _score_fn(keys, cfg.horizon, True, out_schema.fieldNames()), schema=out_schema
+    ).toPandas()
+    is_report = result["status"].notna()
+    predictions = result.loc[~is_report, [*keys, *(n for n, _ in PREDICTION_FIELDS)]].reset_index(drop=True)
+    report_cols = [*keys, "series_id", "model_name", "model_version", "status", "reason", "prediction_rows"]
+    report = result.loc[is_report, report_cols].sort_values("series_id").reset_index(drop=True)
+    return ScoredSeries(predictions, report)

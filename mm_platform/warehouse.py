@@ -85,6 +85,19 @@ class Warehouse:
                 sa.Column("training_run_id", sa.String(64)),
             ]
             return sa.Table(name, md, *cols)
+        if name == "scoring_report":
+            cols = [
+                *run,
+                *self._key_columns(sample),
+                sa.Column("series_id", sa.String(400), nullable=False),
+                sa.Column("status", sa.String(20)),  # scored / failed / skipped
+                sa.Column("reason", sa.Text),
+                sa.Column("model_name", sa.String(400)),
+                sa.Column("model_version", sa.Integer),
+                sa.Column("prediction_rows", sa.Integer),
+                sa.Column("scoring_run_id", sa.String(64)),
+            ]
+            return sa.Table(name, md, *cols)
         if name == "promotion_log":
             cols = [
                 *run,
@@ -111,15 +124,23 @@ class Warehouse:
 
     def replace_run(self, name: str, run_date: date, rows: pd.DataFrame) -> int:
         """Atomically replace this dataset's rows for ``run_date`` in table ``name``."""
-        table = self._table(name, rows)
-        table.metadata.create_all(self.engine, checkfirst=True)
-        records = self._records(table, run_date, rows)
+        return self.replace_runs(run_date, {name: rows})[name]
+
+    def replace_runs(self, run_date: date, tables: dict[str, pd.DataFrame]) -> dict[str, int]:
+        """Replace this dataset's ``run_date`` rows in several tables in one transaction
+        (e.g. predictions and their scoring report: readers see both old or both new)."""
+        plan = []
+        for name, rows in tables.items():
+            table = self._table(name, rows)
+            table.metadata.create_all(self.engine, checkfirst=True)
+            plan.append((name, table, self._records(table, run_date, rows)))
         with self.engine.begin() as conn:
-            staged = _stage(conn, table, records)  # bulk load first: the target is locked only briefly
-            conn.execute(self.delete_run_statement(table, run_date))
-            fault_point("warehouse.after_delete")  # old rows deleted, new ones not inserted, not committed
-            _insert(conn, table, records, staged)
-        return len(records)
+            for _, table, records in plan:
+                staged = _stage(conn, table, records)  # bulk load first: the target is locked only briefly
+                conn.execute(self.delete_run_statement(table, run_date))
+                fault_point("warehouse.after_delete")  # old rows deleted, new ones not inserted, not committed
+                _insert(conn, table, records, staged)
+        return {name: len(records) for name, _, records in plan}
 
     def append(self, name: str, run_date: date, rows: pd.DataFrame) -> int:
         table = self._table(name, rows)
@@ -203,7 +224,8 @@ class Warehouse:
 
     def tables(self, sample: pd.DataFrame | None = None) -> list[sa.Table]:
         """Every table the warehouse writes (for DDL review, e.g. compiling for another dialect)."""
-        return [*(self._table(n, sample) for n in ("predictions", "training_report", "promotion_log")), self._metrics_table()]
+        return [*(self._table(n, sample) for n in ("predictions", "training_report", "scoring_report", "promotion_log")),
+                self._metrics_table()]
 
     def _create_views(self, conn) -> None:
         existing = set(sa.inspect(conn).get_table_names())
@@ -233,12 +255,18 @@ VIEWS = {
         SELECT t.* FROM training_report t
         JOIN (SELECT dataset, MAX(run_date) AS run_date FROM training_report GROUP BY dataset) m
           ON t.dataset = m.dataset AND t.run_date = m.run_date""",
+    # Per-series outcome of the newest scoring run (scored / failed / skipped, with the reason).
+    "v_scoring_report": """
+        SELECT s.* FROM scoring_report s
+        JOIN (SELECT dataset, MAX(run_date) AS run_date FROM scoring_report GROUP BY dataset) m
+          ON s.dataset = m.dataset AND s.run_date = m.run_date""",
     "v_run_summary": "SELECT * FROM forecast_metrics",
     "v_promotion_log": "SELECT * FROM promotion_log",
 }
 VIEW_BASES = {
     "v_latest_predictions": "predictions",
     "v_series_accuracy": "training_report",
+    "v_scoring_report": "scoring_report",
     "v_run_summary": "forecast_metrics",
     "v_promotion_log": "promotion_log",
 }

@@ -90,12 +90,18 @@ def test_predictions_have_horizon_rows_per_promoted_series_only(first_run):
         assert set(preds.loc[preds["series_id"] == sid, "model_version"]) == {mv.version}
     metrics = wh.read("SELECT * FROM v_run_summary")
     assert metrics["prediction_rows"].iloc[0] == len(preds)
+    # Every series of the data has one scoring-report row: scored, or skipped for lack of a model.
+    report = wh.read("SELECT * FROM v_scoring_report").set_index("series_id")
+    assert set(report.index) == set(wh.read("SELECT series_id FROM training_report")["series_id"])
+    assert set(report.index[report["status"] == "scored"]) == set(prod)
+    assert (report.loc[report["status"] == "scored", "prediction_rows"] == cfg.horizon).all()
+    assert (report.loc[report["status"] == "skipped", "reason"] == "no production model").all()
 
 
 def test_second_run_for_the_same_date_duplicates_nothing(first_run, spark):
     home, path, cfg, _ = first_run
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
-    before = {t: len(wh.read(f"SELECT * FROM {t}")) for t in ("predictions", "training_report", "promotion_log", "forecast_metrics")}
+    before = {t: len(wh.read(f"SELECT * FROM {t}")) for t in ("predictions", "training_report", "scoring_report", "promotion_log", "forecast_metrics")}
     versions_before = len(training_registry(cfg).search(cfg.name))
     prod_before = len(production_registry(cfg).search(cfg.name))
     result = materialize_all(cfg, path, spark)

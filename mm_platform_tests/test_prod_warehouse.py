@@ -19,7 +19,7 @@ from mm_platform_tests.conftest import write_config
 from mm_platform_tests.test_end_to_end import RUN_DATE, materialize_all
 from mm_platform_tests.test_prod_support import pg_schema, require_postgres
 
-TABLES = ("predictions", "training_report", "promotion_log", "forecast_metrics")
+TABLES = ("predictions", "training_report", "scoring_report", "promotion_log", "forecast_metrics")
 
 
 def sql_server_2019() -> sa.Dialect:

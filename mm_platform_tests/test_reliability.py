@@ -254,3 +254,63 @@ def test_promotion_killed_mid_registry_transaction_leaves_series_on_their_old_mo
     prod = production_by_series(reg, "retail")
     assert len(prod) == 5 and {m.version for m in prod.values()} == {1}
     assert len(reg.search("retail")) == 5  # no half-registered versions
+
+
+def _production_entry(cfg, item: int, artifact: bytes):
+    from mm_platform.registry import model_name
+
+    keys = {"store": 1, "item": item}
+    tags = {"dataset": cfg.name, "series_id": f"store=1,item={item}", "key.store": "1", "key.item": str(item)}
+    return model_name(cfg.name, keys), artifact, tags
+
+
+def test_one_bad_production_model_fails_its_series_only_and_the_scoring_report_says_why(poisoned, spark):
+    import json
+
+    from mm_platform.scoring import score_and_write
+    from mm_platform.spark_jobs import train_spec
+
+    cfg, lake = poisoned
+    data = poisoned_sales().rename(columns={"date": "ds", "units": "y"})
+    spec = train_spec(cfg)
+    good = {i: train_series(data[data["item"] == i].reset_index(drop=True), spec).model_json().encode() for i in (1, 2)}
+    broken = json.loads(good[1])
+    broken["family"] = "no_such_family"  # loads, then fails to forecast
+    nonfinite = json.loads(good[2])
+    nonfinite["interval_sigma"] = float("inf")  # forecasts, but not finite
+    prod = production_registry(cfg, writable=True)
+    (_, _, tampered, *_) = prod.register_many(
+        [
+            _production_entry(cfg, 1, good[1]),
+            _production_entry(cfg, 2, good[2]),
+            _production_entry(cfg, 4, good[1]),  # checksum broken below: never loaded
+            _production_entry(cfg, 5, json.dumps(broken).encode()),
+            _production_entry(cfg, 6, json.dumps(nonfinite).encode()),
+            _production_entry(cfg, 42, good[1]),  # a model for a series absent from the data
+        ],
+        "promotion", {}, alias="production",
+    )
+    with open(tampered.source.removeprefix("file://"), "ab") as f:
+        f.write(b" ")
+    wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
+    relaxed = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"max_failed_fraction": 1.0})})
+    outcome = score_and_write(spark, lake, relaxed, RUN, production_registry(cfg), wh, "s1")
+
+    report = wh.read("SELECT item, status, reason, prediction_rows FROM scoring_report").set_index("item")
+    assert report.loc[[1, 2], "status"].tolist() == ["scored", "scored"]
+    assert report.loc[[1, 2], "prediction_rows"].tolist() == [cfg.horizon, cfg.horizon]
+    assert report.loc[4, "status"] == "failed" and "sha256" in report.loc[4, "reason"]
+    assert report.loc[5, "status"] == "failed" and "no_such_family" in report.loc[5, "reason"]
+    assert report.loc[6, "status"] == "failed" and "non-finite" in report.loc[6, "reason"]
+    assert report.loc[3, "status"] == "skipped" and report.loc[3, "reason"] == "no production model"
+    assert report.loc[42, "status"] == "skipped" and "not in the run date's training set" in report.loc[42, "reason"]
+    preds = wh.read("SELECT item, COUNT(*) AS n FROM predictions GROUP BY item")
+    assert dict(zip(preds["item"], preds["n"], strict=True)) == {1: cfg.horizon, 2: cfg.horizon}
+    assert outcome.scored == 2 and outcome.failed == 3
+
+    # With the default threshold (20%) three failures out of five fail the run, name the
+    # section and keep the previous predictions; the report still says what happened.
+    with pytest.raises(ErrorThresholdExceeded, match=r"3 of 5 series failed to score.*scoring\.max_failed_fraction=0\.2"):
+        score_and_write(spark, lake, cfg, RUN, production_registry(cfg), wh, "s2")
+    assert wh.read("SELECT DISTINCT scoring_run_id FROM predictions")["scoring_run_id"].tolist() == ["s1"]
+    assert wh.read("SELECT DISTINCT scoring_run_id FROM scoring_report")["scoring_run_id"].tolist() == ["s2"]

@@ -6,9 +6,10 @@ from pyspark.sql import functions as F
 
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
-from mm_platform.pipeline import production_models_frame
+from mm_platform.pipeline import ErrorThresholdExceeded
 from mm_platform.plots import png_markdown, sample_forecasts_png
-from mm_platform.spark_jobs import read_training_set, score_series
+from mm_platform.scoring import score_and_write
+from mm_platform.spark_jobs import read_training_set
 
 
 @dg.asset(
@@ -18,7 +19,9 @@ from mm_platform.spark_jobs import read_training_set, score_series
     kinds={"spark", "sql"},
     automation_condition=dg.AutomationCondition.eager(),
     description="Scores every series with its production model (found by tags in the production registry) "
-    "for the configured horizon; the run date's rows in the warehouse `predictions` table are replaced atomically.",
+    "for the configured horizon; the run date's rows in the warehouse `predictions` and `scoring_report` "
+    "tables are replaced in one transaction. A series whose model fails is reported, not fatal, up to "
+    "the `scoring` error threshold.",
 )
 def batch_predictions(
     context: dg.AssetExecutionContext,
@@ -30,13 +33,17 @@ def batch_predictions(
 ) -> dg.MaterializeResult:
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
-    models, problems = production_models_frame(cfg, production_registry.registry())
-    for p in problems:
-        context.log.error(f"production model of {p['series_id']} not loaded: {p['reason']}")
     spark = pyspark.spark_session
-    preds = score_series(spark, models, read_training_set(spark, lake.lake(), cfg, run_date), cfg)
-    preds["scoring_run_id"] = context.run_id
-    rows = warehouse.warehouse().replace_run("predictions", run_date, preds)
+    try:
+        outcome = score_and_write(
+            spark, lake.lake(), cfg, run_date, production_registry.registry(), warehouse.warehouse(), context.run_id
+        )
+    except ErrorThresholdExceeded as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    preds, report = outcome.predictions, outcome.report
+    for row in report[report["status"] == "failed"].head(20).itertuples():
+        context.log.error(f"series {row.series_id} not scored: {row.reason}")
+    problems = report[report["status"] != "scored"][["series_id", "status", "reason"]]
     sample = sorted(preds["series_id"].unique())[:4] if len(preds) else []
     history = (
         read_training_set(spark, lake.lake(), cfg, run_date).where(F.col("series_id").isin(sample)).select("series_id", "ds", "y").toPandas()
@@ -45,13 +52,17 @@ def batch_predictions(
     )
     return dg.MaterializeResult(
         metadata={
-            "prediction_rows": rows,
-            "series_scored": int(preds["series_id"].nunique()) if len(preds) else 0,
-            "models_not_loaded": len(problems),
+            "prediction_rows": outcome.rows_written,
+            "series_scored": outcome.scored,
+            "series_failed": outcome.failed,
+            "series_skipped": outcome.skipped,
             "horizon": cfg.horizon,
-            "warehouse_table": "predictions",
+            "warehouse_tables": "predictions, scoring_report",
             "sample_forecasts": dg.MetadataValue.md(
                 png_markdown(sample_forecasts_png(history, preds[preds["series_id"].isin(sample)]), "sample forecasts")
+            ),
+            "not_scored": dg.MetadataValue.md(
+                problems.head(50).to_markdown(index=False) if len(problems) else "every series was scored"
             ),
             "preview": dg.MetadataValue.md(preds.head(10).to_markdown(index=False) if len(preds) else "no rows"),
         }
@@ -65,7 +76,7 @@ def batch_predictions(
     kinds={"sql"},
     automation_condition=dg.AutomationCondition.eager(),
     description="Aggregated accuracy and run metrics (`forecast_metrics`) and the BI views "
-    "(v_latest_predictions, v_series_accuracy, v_run_summary, v_promotion_log).",
+    "(v_latest_predictions, v_series_accuracy, v_scoring_report, v_run_summary, v_promotion_log).",
 )
 def forecast_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     row = warehouse.warehouse().refresh_metrics(date.fromisoformat(context.partition_key))

@@ -1,0 +1,76 @@
+"""The batch_predictions step as a plain function: production models (found by tags, verified
+by checksum) -> Spark forecast per series -> predictions and a per-series scoring report,
+written to the warehouse together in one transaction. The Dagster asset, the CLI and the
+benchmark all call ``score_and_write``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import pandas as pd
+
+from mm_platform.config import DatasetConfig
+from mm_platform.lake import Lake
+from mm_platform.pipeline import production_models_frame, threshold_exceeded
+from mm_platform.registry import ModelRegistry
+from mm_platform.spark_jobs import SCORED, SCORING_FAILED, SCORING_SKIPPED, read_training_set, score_series
+from mm_platform.warehouse import Warehouse
+
+
+@dataclass
+class ScoringOutcome:
+    predictions: pd.DataFrame
+    report: pd.DataFrame  # one row per series: status scored / failed / skipped, reason
+    rows_written: int
+
+    def count(self, status: str) -> int:
+        return int((self.report["status"] == status).sum()) if len(self.report) else 0
+
+    @property
+    def scored(self) -> int:
+        return self.count(SCORED)
+
+    @property
+    def failed(self) -> int:
+        return self.count(SCORING_FAILED)
+
+    @property
+    def skipped(self) -> int:
+        return self.count(SCORING_SKIPPED)
+
+
+def score_and_write(
+    spark, lake: Lake, cfg: DatasetConfig, run_date: date, production: ModelRegistry, warehouse: Warehouse, run_id: str
+) -> ScoringOutcome:
+    """Score every series with its production model and replace the run date's
+    ``predictions`` and ``scoring_report`` rows in one transaction.
+
+    A model that cannot be loaded (missing artifact, checksum mismatch) or whose forecast
+    raises or is not finite fails its series only. Past the ``scoring`` error threshold only
+    the report is written and ``ErrorThresholdExceeded`` is raised: the run date's previous
+    predictions stay as they were.
+    """
+    models, problems = production_models_frame(cfg, production)
+    scored = score_series(spark, models, read_training_set(spark, lake, cfg, run_date), cfg)
+    report = scored.report
+    if problems:
+        # Those series have data but no loadable model: failed, not "no production model".
+        unloadable = pd.DataFrame(problems).assign(status=SCORING_FAILED, prediction_rows=0)
+        unloadable["reason"] = "production model not loaded: " + unloadable["reason"]
+        for k in cfg.keys:  # registry tags are strings; match the data's key types
+            if pd.api.types.is_integer_dtype(report[k].dtype):
+                unloadable[k] = unloadable[k].astype("int64")
+        report = pd.concat(
+            [report[~report["series_id"].isin(unloadable["series_id"])], unloadable[report.columns]], ignore_index=True
+        )
+    report = report.sort_values("series_id").reset_index(drop=True).assign(scoring_run_id=run_id)
+    predictions = scored.predictions.assign(scoring_run_id=run_id)
+    failed = report[report["status"] == SCORING_FAILED]
+    attempted = int(report["status"].isin([SCORED, SCORING_FAILED]).sum())
+    err = threshold_exceeded(failed, attempted, cfg.scoring, "scoring", "score", "the predictions were not replaced")
+    if err is not None:
+        warehouse.replace_run("scoring_report", run_date, report)
+        raise err
+    written = warehouse.replace_runs(run_date, {"predictions": predictions, "scoring_report": report})
+    return ScoringOutcome(predictions, report, written["predictions"])
