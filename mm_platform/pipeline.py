@@ -306,21 +306,7 @@ def promote(
 
 def production_by_series(production: ModelRegistry, dataset: str) -> dict[str, RegisteredModel]:
     """Each series' production model: the version its ``production`` alias points at."""
-    aliases = {}
-    token = None
-    while True:
-        page = production.client.search_registered_models(f"tags.dataset = '{dataset}'", max_results=1000, page_token=token)
-        for rm in page:
-            if PRODUCTION_ALIAS in (rm.aliases or {}):
-                aliases[rm.name] = int(rm.aliases[PRODUCTION_ALIAS])
-        token = page.token
-        if not token:
-            break
-    out = {}
-    for mv in production.search(dataset):
-        if aliases.get(mv.name) == mv.version:
-            out[mv.series_id] = mv
-    return out
+    return production.aliased_by_series(dataset, PRODUCTION_ALIAS)
 
 
 def production_models_frame(cfg: DatasetConfig, production: ModelRegistry) -> tuple[pd.DataFrame, list[dict]]:

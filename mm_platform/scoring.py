@@ -14,7 +14,7 @@ from mm_platform.config import DatasetConfig
 from mm_platform.lake import Lake
 from mm_platform.pipeline import production_models_frame, threshold_exceeded
 from mm_platform.registry import ModelRegistry
-from mm_platform.spark_jobs import SCORED, SCORING_FAILED, SCORING_SKIPPED, read_training_set, score_series
+from mm_platform.spark_jobs import SCORED, SCORING_FAILED, SCORING_SKIPPED, score_series, training_set_series
 from mm_platform.warehouse import Warehouse
 
 
@@ -52,7 +52,7 @@ def score_and_write(
     predictions stay as they were.
     """
     models, problems = production_models_frame(cfg, production)
-    scored = score_series(spark, models, read_training_set(spark, lake, cfg, run_date), cfg)
+    scored = score_series(spark, models, training_set_series(lake, cfg, run_date), cfg)
     report = scored.report
     if problems:
         # Those series have data but no loadable model: failed, not "no production model".

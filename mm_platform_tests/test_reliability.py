@@ -138,6 +138,9 @@ def test_rollback_restores_the_previous_production_version_and_is_audited(small_
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     log = rollback(cfg, reg, wh, ["store=1,item=1"])
     assert production_by_series(reg, cfg.name)["store=1,item=1"].version == 1
+    # The registry's ORM query and MLflow's client API agree on which version is in production.
+    assert reg.aliased_by_series(cfg.name) == reg._aliased_by_series_client(cfg.name, "production")
+    assert reg.aliased_by_series("other_dataset") == {}
     assert log["action"].tolist() == ["rollback"]
     assert wh.read("SELECT action, production_version FROM promotion_log").values.tolist() == [["rollback", 1]]
     with pytest.raises(ValueError, match="no production version"):
