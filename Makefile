@@ -23,9 +23,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 # Generate ~20 series of sample sales, then run the whole asset graph on embedded defaults.
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/mm-platform generate --stores 4 --items 5 --days 1095
+	$(VENV)/bin/mm-platform generate --stores 4 --items 5 --days 1095 --future-days 28
 	$(VENV)/bin/mm-platform run
-	@echo "Look at: warehouse $(MM_HOME)/warehouse.db (tables predictions, training_report, promotion_log, forecast_metrics),"
+	@echo "Look at: warehouse $(MM_HOME)/warehouse.db (tables predictions, scoring_report, training_report, promotion_log, forecast_metrics),"
 	@echo "         registries $(MM_HOME)/mlflow/{training,production}.db, lake $(MM_HOME)/lake;"
 	@echo "         'make dev' for the Dagster UI, 'make mlflow-ui' for the registries."
 

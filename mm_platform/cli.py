@@ -45,9 +45,12 @@ def cmd_generate(args) -> int:
     cfg = load_config(args.config) if args.config else None
     url = args.source_url or (cfg.source.url if cfg else load_config().source.url)
     table = args.table or (cfg.source.table if cfg else "sales")
-    total = args.stores * args.items * args.days
+    if args.future_days < 0:
+        raise ConfigError(f"--future-days must be 0 or more, got {args.future_days}")
+    total = args.stores * args.items * (args.days + args.future_days)
     with tqdm(total=total, unit="rows", disable=not sys.stderr.isatty(), desc="generate") as bar:
-        rows = write_sales(url, table, args.stores, args.items, args.days, args.seed, args.end_date or DEFAULT_END_DATE, bar.update)
+        rows = write_sales(url, table, args.stores, args.items, args.days, args.seed, args.end_date or DEFAULT_END_DATE, bar.update,
+                           future_days=args.future_days)
     print(json.dumps({"rows": rows, "series": args.stores * args.items, "source_url": url, "table": table}))
     return 0
 
@@ -60,8 +63,11 @@ def latest_source_date(cfg) -> date:
     engine = create_engine(cfg.source.url)
     try:
         with engine.connect() as conn:
+            # (rows past the last sale carry only planned regressor values: not history)
             value = conn.execute(
-                sa.select(sa.func.max(sa.column(cfg.columns.date))).select_from(sa.table(cfg.source.table))
+                sa.select(sa.func.max(sa.column(cfg.columns.date)))
+                .select_from(sa.table(cfg.source.table))
+                .where(sa.column(cfg.columns.target).is_not(None))
             ).scalar()
     finally:
         engine.dispose()
@@ -166,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--table", help="table name (default: the config's source.table)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--end-date", type=_date, help="last date of the data (default 2025-12-31)")
+    g.add_argument("--future-days", type=int, default=0,
+                   help="also write this many days after the end with planned price/promo/holiday and no units")
     g.add_argument("--config", help="dataset config YAML")
     g.set_defaults(func=cmd_generate)
 

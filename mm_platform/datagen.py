@@ -30,11 +30,17 @@ def iter_sales_chunks(
     seed: int = 42,
     end_date: date = DEFAULT_END_DATE,
     stores_per_chunk: int = 1,
+    future_days: int = 0,
 ) -> Iterator[pd.DataFrame]:
-    """Yield the sales table in chunks of whole stores (columns: date, store, item, units, price, promo, holiday)."""
-    if stores < 1 or items < 1 or days < 1:
-        raise ValueError(f"stores, items and days must be positive (got {stores}, {items}, {days})")
-    dates = pd.date_range(end=pd.Timestamp(end_date), periods=days, freq="D")
+    """Yield the sales table in chunks of whole stores (columns: date, store, item, units, price, promo, holiday).
+
+    ``future_days`` > 0 adds that many days after ``end_date`` with planned prices,
+    promotions and holidays but no units (NULL): the regressors' known future values.
+    """
+    if stores < 1 or items < 1 or days < 1 or future_days < 0:
+        raise ValueError(f"stores, items and days must be positive (got {stores}, {items}, {days}, future_days {future_days})")
+    history_days, days = days, days + future_days
+    dates = pd.date_range(end=pd.Timestamp(end_date) + pd.Timedelta(days=future_days), periods=days, freq="D")
     t = np.arange(days, dtype=np.float64)
     dow = dates.dayofweek.to_numpy()
     doy = dates.dayofyear.to_numpy().astype(np.float64)
@@ -55,8 +61,8 @@ def iter_sales_chunks(
     # ~10% of items launched recently: short histories (some below the minimum history).
     launch = np.zeros(items, dtype=np.int64)
     new = rng_items.random(items) < 0.10
-    launch[new] = days - rng_items.integers(30, max(31, min(days, 400)), size=new.sum())
-    launch = np.clip(launch, 0, days - 1)
+    launch[new] = history_days - rng_items.integers(30, max(31, min(history_days, 400)), size=new.sum())
+    launch = np.clip(launch, 0, history_days - 1)
 
     weekly_shape = np.array([0.9, 0.85, 0.9, 1.0, 1.15, 1.35, 1.2])
     for first_store in range(0, stores, stores_per_chunk):
@@ -75,6 +81,7 @@ def iter_sales_chunks(
             price_effect = (price / list_price[:, None]) ** (-elasticity[:, None])
             lam = level * week * year * price_effect * (1 + promo_lift[:, None] * promo) * (1 + 0.5 * hol[None, :])
             units = rng.poisson(np.maximum(lam, 0.0)).astype(np.float64)
+            units[:, history_days:] = np.nan  # the future: planned regressors, no sales yet
             alive = t[None, :] >= launch[:, None]
             item_idx, day_idx = np.nonzero(alive)
             frames.append(
@@ -93,9 +100,11 @@ def iter_sales_chunks(
         yield pd.concat(frames, ignore_index=True)
 
 
-def generate_sales(stores: int, items: int, days: int, seed: int = 42, end_date: date = DEFAULT_END_DATE) -> pd.DataFrame:
+def generate_sales(
+    stores: int, items: int, days: int, seed: int = 42, end_date: date = DEFAULT_END_DATE, future_days: int = 0
+) -> pd.DataFrame:
     """The whole table in memory (small datasets and tests)."""
-    return pd.concat(list(iter_sales_chunks(stores, items, days, seed, end_date)), ignore_index=True)
+    return pd.concat(list(iter_sales_chunks(stores, items, days, seed, end_date, future_days=future_days)), ignore_index=True)
 
 
 def write_sales(
@@ -107,6 +116,7 @@ def write_sales(
     seed: int = 42,
     end_date: date = DEFAULT_END_DATE,
     progress=None,
+    future_days: int = 0,
 ) -> int:
     """Replace ``table`` in the database at ``url`` with generated sales; returns the row count."""
     import sqlalchemy as sa
@@ -118,7 +128,7 @@ def write_sales(
     rows = 0
     with engine.begin() as conn:
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {quoted}"))
-        for chunk in iter_sales_chunks(stores, items, days, seed, end_date):
+        for chunk in iter_sales_chunks(stores, items, days, seed, end_date, future_days=future_days):
             chunk = chunk.assign(date=chunk["date"].dt.date)
             chunk.to_sql(table, conn, if_exists="append", index=False, chunksize=50_000, method="multi" if engine.dialect.name != "sqlite" else None)
             rows += len(chunk)

@@ -89,4 +89,32 @@ def ingest(cfg: DatasetConfig, lake: Lake, source_url: str, run_date: date) -> d
     else:
         stats |= {"inserted": 0, "updated": 0, "files_written": 0}
     stats["watermark"] = lake.read_manifest(cfg.source.table).get("watermark")
+    if cfg.columns.regressors:
+        stats["future_rows"] = copy_future_regressors(cfg, lake, source_url, run_date)
     return stats
+
+
+def future_end(cfg: DatasetConfig, run_date: date) -> date:
+    """The last date a forecast made on ``run_date`` covers."""
+    return run_date + timedelta(days=cfg.horizon * (7 if cfg.frequency == "weekly" else 1))
+
+
+def copy_future_regressors(cfg: DatasetConfig, lake: Lake, source_url: str, run_date: date) -> int:
+    """Source rows dated after ``run_date`` within the forecast horizon carry the regressors'
+    known future values (planned prices, promotions, holidays; their target is usually empty).
+    They are checked like history rows (bad ones quarantined) and kept as the run date's
+    snapshot in the lake, for batch scoring. Returns the number of rows kept."""
+    cols = cfg.columns
+    engine = create_engine(source_url)
+    try:
+        select = _source_select(cfg, engine, run_date, future_end(cfg, run_date))
+        with engine.connect() as conn:
+            frame = pd.read_sql(select, conn)
+    finally:
+        engine.dispose()
+    good, bad = split_valid(frame, cfg)
+    if len(bad):
+        lake.append_quarantine(cfg.source.table, bad.assign(run_date=str(run_date), reason="future row: " + bad["reason"]))
+    future = good[[*cols.keys, cols.date, *cols.regressors]].drop_duplicates([*cols.keys, cols.date], keep="last")
+    lake.write_future(cfg.source.table, run_date, future)
+    return len(future)

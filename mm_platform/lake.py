@@ -194,6 +194,25 @@ class Lake:
             except FileNotFoundError:
                 pass
 
+    # -- known future regressor values ------------------------------------------------------
+
+    def write_future(self, table: str, run_date, rows: pd.DataFrame) -> str:
+        """Replace the run date's snapshot of future regressor values (planned prices,
+        promotions) with ``rows``: written to a temporary file, then renamed into place."""
+        folder = self.path("future", table)
+        self.fs.makedirs(folder, exist_ok=True)
+        path = f"{folder}/run_date={run_date}.parquet"
+        tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp, filesystem=self.fs)
+        self.fs.mv(tmp, path)
+        return path
+
+    def read_future(self, table: str, run_date) -> pd.DataFrame | None:
+        path = self.path("future", table, f"run_date={run_date}.parquet")
+        if not self.fs.exists(path):
+            return None
+        return pq.read_table(path, filesystem=self.fs).to_pandas()
+
     # -- quarantine --------------------------------------------------------------------------
 
     def append_quarantine(self, table: str, rows: pd.DataFrame) -> str:

@@ -5,6 +5,7 @@ benchmark all call ``score_and_write``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 
@@ -13,7 +14,7 @@ import pandas as pd
 from mm_platform.config import DatasetConfig
 from mm_platform.lake import Lake
 from mm_platform.pipeline import production_models_frame, threshold_exceeded
-from mm_platform.registry import ModelRegistry
+from mm_platform.registry import ModelRegistry, series_id
 from mm_platform.spark_jobs import SCORED, SCORING_FAILED, SCORING_SKIPPED, score_series, training_set_series
 from mm_platform.warehouse import Warehouse
 
@@ -40,6 +41,25 @@ class ScoringOutcome:
         return self.count(SCORING_SKIPPED)
 
 
+def with_future_regressors(models: pd.DataFrame, future: pd.DataFrame | None, cfg: DatasetConfig) -> pd.DataFrame:
+    """``models`` plus a ``future_regressors`` column: each series' known future regressor
+    values from the source (the run date's snapshot written by ingestion), as JSON
+    ``{"ds": [...], "<regressor>": [...]}``, or None where the source has none."""
+    models = models.assign(future_regressors=None)
+    if future is None or not len(future) or not len(models):
+        return models
+    cols = cfg.columns
+    future = future.sort_values(cols.date)
+    future["series_id"] = [series_id(dict(zip(cols.keys, ks, strict=True))) for ks in future[cols.keys].itertuples(index=False)]
+    future["ds"] = pd.to_datetime(future[cols.date]).dt.strftime("%Y-%m-%d")
+    by_series = {
+        sid: json.dumps({"ds": g["ds"].tolist(), **{r: g[r].tolist() for r in cols.regressors}})
+        for sid, g in future.groupby("series_id", sort=False)
+    }
+    models["future_regressors"] = models["series_id"].map(by_series).astype(object).where(lambda s: s.notna(), None)
+    return models
+
+
 def score_and_write(
     spark, lake: Lake, cfg: DatasetConfig, run_date: date, production: ModelRegistry, warehouse: Warehouse, run_id: str
 ) -> ScoringOutcome:
@@ -52,6 +72,7 @@ def score_and_write(
     predictions stay as they were.
     """
     models, problems = production_models_frame(cfg, production)
+    models = with_future_regressors(models, lake.read_future(cfg.source.table, run_date) if cfg.columns.regressors else None, cfg)
     scored = score_series(spark, models, training_set_series(lake, cfg, run_date), cfg)
     report = scored.report
     if problems:

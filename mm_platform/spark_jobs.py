@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mm_platform.config import DatasetConfig, SparkConfig
-from mm_platform.forecasting.series import TrainSpec, forecast_arrays, train_series
+from mm_platform.forecasting.series import TrainSpec, forecast_arrays, future_regressor_values, train_series
 from mm_platform.lake import Lake
 
 N_BUCKETS = 32  # training-set files are bucketed by series so one series is read from one bucket
@@ -283,14 +283,17 @@ SCORING_STATUS_FIELDS = [("status", T.StringType()), ("reason", T.StringType()),
 SCORED, SCORING_FAILED, SCORING_SKIPPED = "scored", "failed", "skipped"
 
 
-def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool):
-    """One series' forecast arrays, or the reason it could not be forecast (never raises)."""
+def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool, future_json: str | None = None):
+    """One series' forecast arrays, or the reason it could not be forecast (never raises).
+    ``future_json``: the series' known future regressor values, if the source has them."""
     import json
 
     import numpy as np
 
     try:
-        ds, yhat, lo, hi = forecast_arrays(json.loads(model_json), horizon, nonnegative=nonnegative)
+        model = json.loads(model_json)
+        regressors = future_regressor_values(model, horizon, json.loads(future_json) if isinstance(future_json, str) else None)
+        ds, yhat, lo, hi = forecast_arrays(model, horizon, regressors, nonnegative=nonnegative)
     except Exception as exc:  # one bad model fails its series only
         return None, f"forecast raised {type(exc).__name__}: {str(exc)[:300]}"
     if not (np.isfinite(yhat).all() and np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -319,7 +322,7 @@ def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[st
                     report.append(ident | {"status": SCORING_SKIPPED, "reason": "not in the run date's training set",
                                            "prediction_rows": 0})
                     continue
-                arrays, why = forecast_or_reason(row.model_json, horizon, nonnegative)
+                arrays, why = forecast_or_reason(row.model_json, horizon, nonnegative, row.future_regressors)
                 if arrays is None:
                     report.append(ident | {"status": SCORING_FAILED, "reason": why, "prediction_rows": 0})
                     continue
@@ -375,7 +378,8 @@ def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFram
     one report row per series: scored, failed (with the reason: one bad model never fails the
     others) or skipped (no production model, or no data).
 
-    ``models`` holds keys, series_id, model_name, model_version and the verified model JSON.
+    ``models`` holds keys, series_id, model_name, model_version, the verified model JSON and
+    optionally ``future_regressors`` (JSON of the series' known future regressor values).
     The join of models and data is done here, in pandas (one row per series), so the Spark
     job is one stage without a shuffle, sliced over the cluster's cores.
     """
@@ -388,9 +392,12 @@ def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFram
             T.StructField("model_name", T.StringType()),
             T.StructField("model_version", T.LongType()),
             T.StructField("model_json", T.StringType()),
+            T.StructField("future_regressors", T.StringType()),
         ]
     )
     models = models.copy() if len(models) else pd.DataFrame(columns=[f.name for f in model_schema.fields])
+    if "future_regressors" not in models:
+        models["future_regressors"] = None
     for f in key_fields:  # registry tags are strings; match the data's key types
         if isinstance(f.dataType, T.IntegralType):
             models[f.name] = models[f.name].astype("int64")

@@ -547,3 +547,25 @@ def forecast_arrays(
     if nonnegative:
         yhat, lower, upper = np.maximum(yhat, 0), np.maximum(lower, 0), np.maximum(upper, 0)
     return ds, yhat, lower, upper
+
+
+def future_regressor_values(model: dict, horizon: int, known: dict | None) -> dict[str, np.ndarray]:
+    """Each regressor's values for the ``horizon`` periods after the model's last date:
+    the known future values (``known``: ``{"ds": [dates], name: [values]}``, e.g. planned
+    prices from the source) where given, otherwise the latest earlier value carried forward
+    (starting from the last observed one)."""
+    ds = future_dates(model["last_ds"], horizon, model.get("freq", "D"))
+    known = known or {}
+    position = {d: i for i, d in enumerate(np.asarray(known.get("ds", []), dtype="datetime64[D]"))}
+    out = {}
+    for name in model.get("regressor_names", []):
+        given = known.get(name)
+        value = float(model.get("last_regressors", {}).get(name, 0.0))
+        values = np.empty(horizon)
+        for j, d in enumerate(ds):
+            i = position.get(d)
+            if given is not None and i is not None and given[i] is not None and np.isfinite(given[i]):
+                value = float(given[i])
+            values[j] = value
+        out[name] = values
+    return out

@@ -13,7 +13,9 @@ from mm_platform.sql import redact
     group_name="ingestion",
     kinds={"sql", "parquet"},
     description="Copies the source sales table into the lake up to the run date: incremental on the date "
-    "watermark (with a look-back for late corrections), an upsert on (keys, date), bad rows quarantined.",
+    "watermark (with a look-back for late corrections), an upsert on (keys, date), bad rows quarantined. "
+    "Rows dated within the forecast horizon after the run date give the regressors' known future values "
+    "(planned prices, promotions), kept as the run date's snapshot for batch scoring.",
 )
 def raw_sales(
     context: dg.AssetExecutionContext, dataset: DatasetResource, lake: LakeResource, source_db: SourceDatabaseResource
@@ -29,6 +31,7 @@ def raw_sales(
             "rows_updated": stats["updated"],
             "rows_quarantined": stats["rows_quarantined"],
             "watermark": str(stats["watermark"]),
+            "future_regressor_rows": stats.get("future_rows", 0),
             "lake_path": dg.MetadataValue.path(lake.lake().uri("raw", cfg.source.table)),
         }
     )
