@@ -100,15 +100,19 @@ def _check_families(names: list[str], what: str) -> list[str]:
 class AutoConfig(_Strict):
     """``algorithm: auto``: per-series model selection by rolling-origin backtesting."""
 
-    folds: int = Field(3, ge=1, le=20, description="rolling-origin backtest folds over the end of the training window")
+    folds: int = Field(6, ge=1, le=20, description="rolling-origin backtest folds over the end of the training window")
     fold_length: int | None = Field(None, ge=1, description="periods per fold (default: holdout)")
     metric: Literal["wape", "mase", "rmse", "mape"] = "wape"
     candidates: list[str] = Field(
-        default_factory=lambda: ["seasonal_naive", "croston", "tsb", "regression", "ets", "prophet", "ensemble"],
+        default_factory=lambda: ["seasonal_naive", "croston", "tsb", "regression", "prophet", "ensemble"],
         min_length=1,
     )
-    tie_tolerance: float = Field(0.02, ge=0, le=1, description="relative; within it of the best, the cheaper family wins")
-    fallback: str = Field("ensemble", description="family used when a series is too short to backtest")
+    tie_tolerance: float = Field(
+        0.02, ge=0, le=1, description="relative; within it of the best, the fallback family (else the cheapest) wins"
+    )
+    fallback: str = Field(
+        "ensemble", description="the default family: kept on near-ties, and used when a series is too short to backtest"
+    )
     ensemble: list[str] = Field(default_factory=lambda: ["prophet", "regression"], min_length=1)
 
     @field_validator("candidates")

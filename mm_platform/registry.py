@@ -126,21 +126,26 @@ class ModelRegistry:
             SqlRegisteredModelTag,
         )
 
+        from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
+
+        workspace = store._get_active_workspace()
+        mv = SqlModelVersion
+
         def aliased(query, name_col, version_col):
+            a, rt = SqlRegisteredModelAlias, SqlRegisteredModelTag
             return (
-                query.join(SqlRegisteredModelAlias, sa.and_(SqlRegisteredModelAlias.name == name_col,
-                                                            SqlRegisteredModelAlias.version == version_col))
-                .join(SqlRegisteredModelTag, sa.and_(SqlRegisteredModelTag.name == name_col,
-                                                     SqlRegisteredModelTag.key == "dataset"))
-                .filter(SqlRegisteredModelAlias.alias == alias, SqlRegisteredModelTag.value == dataset)
+                query.join(a, sa.and_(a.workspace == workspace, a.name == name_col, a.version == version_col))
+                .join(rt, sa.and_(rt.workspace == workspace, rt.name == name_col, rt.key == "dataset"))
+                .filter(a.alias == alias, rt.value == dataset)
             )
 
         with store.ManagedSessionMaker() as session:
-            mv = SqlModelVersion
-            versions = aliased(session.query(mv.name, mv.version, mv.source, mv.run_id), mv.name, mv.version).all()
+            versions = aliased(session.query(mv.name, mv.version, mv.source, mv.run_id), mv.name, mv.version).filter(
+                mv.workspace == workspace, mv.current_stage != STAGE_DELETED_INTERNAL
+            ).all()
             t = SqlModelVersionTag
             tags: dict[str, dict[str, str]] = {}
-            for name, key, value in aliased(session.query(t.name, t.key, t.value), t.name, t.version):
+            for name, key, value in aliased(session.query(t.name, t.key, t.value), t.name, t.version).filter(t.workspace == workspace):
                 tags.setdefault(name, {})[key] = value
         out = {}
         for name, version, source, run_id in versions:

@@ -51,11 +51,18 @@ def test_intermittent_series_picks_croston_or_tsb():
     n = 400
     y = np.where(rng.random(n) < 0.12, rng.poisson(4, n) + 1, 0).astype(float)
     h = pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=n), "y": y})
-    r = train_series(h, auto_spec(metric="rmse"))
+    # Regression, prophet, the ensemble and croston are all within 2% of each other here. With
+    # no default family among the near-ties, the cheapest of them wins: an intermittent method.
+    r = train_series(h, auto_spec(metric="rmse", fallback="seasonal_naive"))
     assert r.status == TRAINED, r.reason
     assert r.champion in ("croston", "tsb"), (r.champion, r.selection_reason)
     _, yhat, lo, hi = forecast_arrays(json.loads(r.model_json()), 28)
     assert 0.3 < yhat.mean() < 1.3 and (hi > yhat).all()  # the demand rate is 0.12 * 5 = 0.6
+    # With the default (the ensemble) kept on near-ties, it wins, and forecasts the same rate.
+    r = train_series(h, auto_spec(metric="rmse"))
+    assert r.champion == "ensemble" and r.selection_reason.startswith("default family"), r.selection_reason
+    _, yhat, lo, hi = forecast_arrays(json.loads(r.model_json()), 28)
+    assert 0.3 < yhat.mean() < 1.3 and (hi > yhat).all()
 
 
 def price_driven(n=500, seed=11):
@@ -87,6 +94,92 @@ def test_short_series_fall_back_and_are_still_calibrated():
     r = train_series(h, auto_spec(regressors=("price",)))
     assert r.status == TRAINED and r.champion == "ensemble" and "too short" in r.selection_reason
     assert json.loads(r.model_json())["interval"]["residuals"] == 28  # the holdout
+
+
+def _backtest(errors: dict[str, float], level: float = 100.0):
+    """A hand-made 3-fold backtest: each family's forecast is off by a constant ``errors[f]``."""
+    from mm_platform.forecasting.series import Backtest
+
+    actual = [np.full(28, level)] * 3
+    forecasts = {f: [a + e for a in actual] for f, e in errors.items()}
+    return Backtest([(0, 28)] * 3, forecasts, actual, {}, 1.0)
+
+
+def test_choose_keeps_the_default_on_near_ties_and_switches_when_another_is_clearly_better():
+    from mm_platform.forecasting.series import choose
+
+    cands = ("seasonal_naive", "regression", "prophet", "ensemble")
+    # prophet is best, the ensemble within 2% of it: the default (ensemble) is kept.
+    bt = _backtest({"seasonal_naive": 30.0, "regression": 12.0, "prophet": 10.0, "ensemble": 10.1})
+    champion, reason = choose(bt, cands, "wape", 0.02, prefer="ensemble")
+    assert champion == "ensemble" and reason.startswith("default family") and "prophet" in reason
+    # Without a default, the cheapest of the near-ties wins (the old rule).
+    assert choose(bt, cands, "wape", 0.02)[0] == "prophet"
+    # Clearly better than the default (by more than the tolerance): the better family wins.
+    bt = _backtest({"seasonal_naive": 30.0, "regression": 9.0, "prophet": 10.0, "ensemble": 10.1})
+    champion, reason = choose(bt, cands, "wape", 0.02, prefer="ensemble")
+    assert champion == "regression" and reason.startswith("lowest backtest wape 0.09")
+    # The default is not among the near-ties: the cheapest of them wins.
+    bt = _backtest({"seasonal_naive": 30.0, "regression": 10.1, "prophet": 10.0, "ensemble": 14.0})
+    assert choose(bt, cands, "wape", 0.02, prefer="ensemble")[0] == "regression"
+
+
+def _signal(ds) -> np.ndarray:
+    days = np.asarray(ds, dtype="datetime64[D]").astype(np.int64)
+    return 50.0 + 10.0 * np.sin(2 * np.pi * days / 7.0) + 0.02 * (days % 1000)
+
+
+class _BiasedOracle:
+    """A test family that knows the signal but is off by a factor: ``hi`` over-, ``lo``
+    under-forecasts by 10%, so their equal-weight combination is right and beats both."""
+
+    def __init__(self, name: str, factor: float):
+        self.name, self.factor = name, factor
+
+    def fit(self, history, ctx, init=None):
+        return _OracleModel(self.name, self.factor)
+
+    def load(self, payload):
+        return _OracleModel(self.name, float(payload["factor"]))
+
+
+class _OracleModel:
+    def __init__(self, family: str, factor: float):
+        self.family, self.factor = family, factor
+
+    def predict(self, ds, regressors=None):
+        return self.factor * _signal(ds)
+
+    def to_dict(self):
+        return {"factor": self.factor}
+
+    @property
+    def warm_start(self):
+        return None
+
+
+def test_auto_picks_the_combination_when_it_beats_its_members(monkeypatch):
+    from mm_platform.forecasting import families
+
+    monkeypatch.setitem(families.FAMILIES, "hi", _BiasedOracle("hi", 1.1))
+    monkeypatch.setitem(families.FAMILIES, "lo", _BiasedOracle("lo", 0.9))
+    rng = np.random.default_rng(4)
+    ds = pd.date_range("2024-01-01", periods=400)
+    h = pd.DataFrame({"ds": ds, "y": _signal(ds.to_numpy()) + rng.normal(0, 1.0, len(ds))})
+    spec = auto_spec(
+        candidates=("seasonal_naive", "hi", "lo", "ensemble"), fallback="hi", options={"ensemble": ["hi", "lo"]}
+    )
+    r = train_series(h, spec)
+    assert r.status == TRAINED, r.reason
+    assert r.champion == "ensemble" and r.selection_reason.startswith("lowest backtest"), r.selection_reason
+    assert r.metrics["backtest.folds"] == 3
+    assert r.metrics["backtest.ensemble.wape"] < 0.5 * min(r.metrics["backtest.hi.wape"], r.metrics["backtest.lo.wape"])
+    artifact = json.loads(r.model_json())
+    assert [m["family"] for m in artifact["model"]["members"]] == ["hi", "lo"]
+    assert set(artifact["selection"]["backtest"]) == {"seasonal_naive", "hi", "lo", "ensemble"}
+    ds_f, yhat, lo, hi = forecast_arrays(artifact, 14)
+    np.testing.assert_allclose(yhat, _signal(ds_f), rtol=1e-9)  # the mean of +10% and -10%
+    assert ((lo < yhat) & (yhat < hi)).all()
 
 
 # --- weekly, three keys with other names, revenue, boolean + numeric regressors -------------

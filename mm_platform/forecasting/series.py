@@ -36,7 +36,8 @@ from mm_platform.forecasting.metrics import all_metrics, conformal_half_width, n
 TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
 AUTO = "auto"
 # Default candidates of ``family="auto"`` (every family in families.FAMILIES may be listed).
-DEFAULT_CANDIDATES = ("seasonal_naive", "croston", "tsb", "regression", "ets", "prophet", "ensemble")
+# ETS is left out by default: on the retail data it was rarely best and cost most of auto's CPU.
+DEFAULT_CANDIDATES = ("seasonal_naive", "croston", "tsb", "regression", "prophet", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,12 @@ class TrainSpec:
     fit_timeout_seconds: float | None = None
     # Model selection (family="auto") and interval calibration.
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
-    folds: int = 3  # rolling-origin backtest folds of auto
+    folds: int = 6  # rolling-origin backtest folds of auto
     calibration_folds: int = 0  # single-family runs: backtest folds used only for interval calibration
     fold_length: int = 0  # periods per fold; 0 = holdout
     metric: str = "wape"
-    tie_tolerance: float = 0.02  # relative: within it of the best, the cheaper family wins
-    fallback: str = "ensemble"  # auto's choice when the series is too short to backtest
+    tie_tolerance: float = 0.02  # relative: within it of the best, the fallback (else the cheaper) family wins
+    fallback: str = "ensemble"  # auto's default: kept on near-ties, and used when a series is too short to backtest
     interval_method: str = "conformal"  # or "normal" (holdout RMSE times the normal quantile)
     max_horizon: int = 0  # periods forecast-path families store (at least holdout, fold_length, 2 seasons, 56)
     options: dict = field(default_factory=dict)  # family options, e.g. {"ensemble": [...]}
@@ -319,9 +320,15 @@ def run_backtest(train: pd.DataFrame, spec: TrainSpec, families: tuple[str, ...]
     return Backtest(windows, forecasts, actuals, errors, naive_scale(y_fit, spec.season_length))
 
 
-def choose(bt: Backtest, candidates: tuple[str, ...], metric: str, tie_tolerance: float) -> tuple[str, str]:
+def choose(
+    bt: Backtest, candidates: tuple[str, ...], metric: str, tie_tolerance: float, prefer: str | None = None
+) -> tuple[str, str]:
     """The champion and why: the lowest pooled backtest ``metric``; among those within
-    ``tie_tolerance`` (relative) of the best, the cheapest family (``families.COST_ORDER``)."""
+    ``tie_tolerance`` (relative) of the best, the ``prefer`` family (auto's default, the
+    ``fallback``) if it is one of them, else the cheapest (``families.COST_ORDER``).
+
+    Preferring the default on near-ties shrinks the choice toward a prior: a few weeks of
+    backtest are noisy, so another family has to be clearly better to replace it."""
     scores = {f: bt.pooled(f, metric) for f in candidates if f in bt.forecasts}
     used = metric
     if not any(np.isfinite(v) for v in scores.values()):
@@ -334,17 +341,23 @@ def choose(bt: Backtest, candidates: tuple[str, ...], metric: str, tie_tolerance
         )
     best = min(scores, key=lambda f: (scores[f], cost_rank(f)))
     near = [f for f, v in scores.items() if v <= scores[best] * (1 + tie_tolerance) + 1e-12]
-    champion = min(near, key=cost_rank)
+    champion = prefer if prefer in near else min(near, key=cost_rank)
     ranked = sorted(scores, key=scores.get)
+    n = len(bt.folds)
     if champion == best:
         runner = next((f for f in ranked if f != best), None)
-        reason = f"lowest backtest {used} {scores[best]:.4g} over {len(bt.folds)} folds"
+        reason = f"lowest backtest {used} {scores[best]:.4g} over {n} folds"
         if runner:
             reason += f" (next: {runner} {scores[runner]:.4g})"
+    elif champion == prefer:
+        reason = (
+            f"default family: backtest {used} {scores[champion]:.4g} within {tie_tolerance:.0%} of the best "
+            f"({best} {scores[best]:.4g}) over {n} folds"
+        )
     else:
         reason = (
             f"backtest {used} {scores[champion]:.4g} within {tie_tolerance:.0%} of the best "
-            f"({best} {scores[best]:.4g}) over {len(bt.folds)} folds, and cheaper"
+            f"({best} {scores[best]:.4g}) over {n} folds, and cheaper"
         )
     return champion, reason
 
@@ -476,7 +489,7 @@ def fit_candidates(history: pd.DataFrame, spec: TrainSpec, every: bool = False) 
         candidates = tuple(dict.fromkeys(spec.candidates))
         bt = run_backtest(train, spec, candidates, spec.folds)
         if bt.folds:
-            champion, reason = choose(bt, candidates, spec.metric, spec.tie_tolerance)
+            champion, reason = choose(bt, candidates, spec.metric, spec.tie_tolerance, spec.fallback)
         else:
             champion, reason = spec.fallback, "series too short to backtest: fallback family"
         todo = [f for f in candidates if f in bt.forecasts or not bt.folds] if every else [champion]
