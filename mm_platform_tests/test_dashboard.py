@@ -82,6 +82,10 @@ def big(tmp_path_factory):
     preds["model_version"] = 1
     preds["scoring_run_id"] = "s1"
     wh.replace_run("predictions", RUN, preds)
+    scoring = report[["store", "item", "series_id", "model_name"]].assign(
+        status=np.where(promoted, "scored", "skipped"), reason=np.where(promoted, "", "no production model"))
+    scoring.loc[scoring.index[promoted][:3], ["status", "reason"]] = ["failed", "forecast has non-finite values"]
+    wh.replace_run("scoring_report", RUN, scoring)
     decided = report[trained]
     log = pd.DataFrame({
         "series_id": decided["series_id"], "model_name": decided["model_name"], "training_version": 2,
@@ -156,6 +160,8 @@ def test_overview_aggregates_in_sql(big):
     assert ov["training_run_date"] == str(RUN) and ov["in_production"] == data["promoted"].sum()
     assert ov["decisions"] == {"promoted": int(data["promoted"].sum()), "rejected": int(trained.sum() - data["promoted"].sum())}
     assert ov["latest_run"]["run_date"] == str(RUN)
+    assert ov["scoring"] == {"scored": int(data["promoted"].sum()) - 3, "failed": 3,
+                             "skipped": int((~data["promoted"]).sum())}
     hist = q.accuracy_distribution("wape")
     assert sum(hist["ours"]) == trained.sum() == sum(hist["naive"]) and hist["nbins"] == 30
     assert hist["capped"] and hist["hi"] == 2.0

@@ -23,7 +23,7 @@ from mm_platform.config import DatasetConfig
 from mm_platform.lake import Lake
 from mm_platform.sql import create_engine
 
-VIEWS = ("v_series_accuracy", "v_latest_predictions", "v_promotion_log", "v_run_summary")
+VIEWS = ("v_series_accuracy", "v_latest_predictions", "v_promotion_log", "v_run_summary", "v_scoring_report")
 METRICS = ("wape", "mape", "rmse", "naive_wape", "naive_mape", "naive_rmse")
 ACCURACY_COLUMNS = (
     "dataset", "run_date", "series_id", "status", "reason", "n_obs", "last_date", *METRICS,
@@ -154,6 +154,7 @@ class DashboardQueries:
         self.pred = sa.table("v_latest_predictions", *[sa.column(c) for c in PREDICTION_COLUMNS], *[sa.column(k) for k in self.keys])
         self.promo = sa.table("v_promotion_log", *[sa.column(c) for c in PROMOTION_COLUMNS])
         self.runs_view = sa.table("v_run_summary", *[sa.column(c) for c in RUN_COLUMNS])
+        self.scoring = sa.table("v_scoring_report", *[sa.column(c) for c in ("dataset", "run_date", "status")])
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -193,7 +194,7 @@ class DashboardQueries:
         have = self.available()
         out: dict = {"views": sorted(have), "status": {}, "registration": {}, "series": 0, "training_run_date": None,
                      "scoring_run_date": None, "in_production": 0, "prediction_rows": 0, "promotion_run_date": None,
-                     "last_decision_at": None, "decisions": {}, "latest_run": None}
+                     "last_decision_at": None, "decisions": {}, "latest_run": None, "scoring": {}}
         if "v_series_accuracy" in have:
             a = self.acc
             rows = self._rows(
@@ -215,6 +216,10 @@ class DashboardQueries:
                           sa.func.count().label("rows")).where(p.c.dataset == self.dataset)
             )
             out["scoring_run_date"], out["in_production"], out["prediction_rows"] = r["run_date"], int(r["series"] or 0), int(r["rows"] or 0)
+        if "v_scoring_report" in have:
+            sr = self.scoring
+            rows = self._rows(sa.select(sr.c.status, sa.func.count().label("n")).where(sr.c.dataset == self.dataset).group_by(sr.c.status))
+            out["scoring"] = {r["status"]: int(r["n"]) for r in rows}
         if "v_promotion_log" in have:
             pl = self.promo
             r = self._first(
