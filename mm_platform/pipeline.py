@@ -156,13 +156,12 @@ def train_and_register(
     training_set = read_training_set(spark, lake, cfg, run_date)
     if only_series is not None:
         training_set = training_set.where(F.col("series_id").isin(list(only_series)))
-    # Series whose data did not change keep their registered model (same algorithm only).
-    known = {
-        sid: mv.tags.get("data_fingerprint", "")
-        for sid, mv in registry.latest_by_series(cfg.name).items()
-        if mv.tags.get("algorithm") == cfg.algorithm.name
-    }
-    results = train_model_set(training_set, cfg, known=known)
+    # Series whose data did not change keep their registered model (same algorithm only);
+    # the others' fits start from that model's parameters (warm start).
+    same = {sid: mv for sid, mv in registry.latest_by_series(cfg.name).items() if mv.tags.get("algorithm") == cfg.algorithm.name}
+    known = {sid: mv.tags.get("data_fingerprint", "") for sid, mv in same.items()}
+    previous = {sid: (mv.source, mv.tags.get("artifact_sha256", "")) for sid, mv in same.items()}
+    results = train_model_set(training_set, cfg, known=known, previous=previous)
     try:
         check_error_threshold(results, cfg)
     except ErrorThresholdExceeded:

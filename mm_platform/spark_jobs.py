@@ -224,11 +224,45 @@ def series_fingerprint(pdf: pd.DataFrame, regressors: tuple[str, ...]) -> str:
     return fingerprint(history.sort_values("ds"), ["ds", "y", *regressors]) if len(history) else ""
 
 
-def _train_group_fn(spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None):
+def read_previous_model(ref: tuple[str, str] | None) -> dict | None:
+    """The artifact ``(source URI, sha256)`` of a series' registered model, read in a Spark
+    worker to warm-start its refit; None when it cannot be read or does not match its sha256
+    (the fit then starts cold)."""
+    if not ref:
+        return None
+    import hashlib
+    import json
+    from urllib.parse import unquote, urlparse
+
+    source, sha = ref
+    try:
+        if source.startswith("file://") or (os.path.isabs(source) and "://" not in source):
+            with open(unquote(urlparse(source).path) if "://" in source else source, "rb") as f:
+                data = f.read()
+        else:
+            import tempfile
+            from pathlib import Path
+
+            from mlflow.artifacts import download_artifacts
+
+            with tempfile.TemporaryDirectory() as tmp:
+                data = Path(download_artifacts(artifact_uri=source, dst_path=tmp)).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            return None
+        return json.loads(data)
+    except Exception:
+        return None
+
+
+def _train_group_fn(
+    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None
+):
     """``known`` maps series id -> fingerprint of its registered model: a series whose data
-    has not changed is not refitted (daily incremental retraining)."""
+    has not changed is not refitted (daily incremental retraining). ``previous`` maps series
+    id -> (artifact URI, sha256) of that model: a changed series' fit is warm-started from it."""
     metric_names = ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")
     known = known or {}
+    previous = previous or {}
 
     def train_group(pdf: pd.DataFrame) -> pd.DataFrame:
         sid = pdf["series_id"].iloc[0]
@@ -238,7 +272,7 @@ def _train_group_fn(spec: TrainSpec, keys: list[str], known: dict[str, str] | No
                     "n_obs": int(pdf["y"].notna().sum()), "last_date": str(pd.to_datetime(pdf["ds"]).max().date()),
                     "fingerprint": known[sid], **dict.fromkeys(metric_names), "fit_seconds": 0.0, "model_json": ""}
             return pd.DataFrame([row])
-        r = train_series(pdf, spec)
+        r = train_series(pdf, spec, previous=read_previous_model(previous.get(sid)))
         row = {k: pdf[k].iloc[0] for k in keys}
         row |= {
             "series_id": pdf["series_id"].iloc[0],
@@ -257,15 +291,17 @@ def _train_group_fn(spec: TrainSpec, keys: list[str], known: dict[str, str] | No
 
 
 def train_model_set(
-    training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None, known: dict[str, str] | None = None
+    training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None, known: dict[str, str] | None = None,
+    previous: dict[str, tuple[str, str]] | None = None,
 ) -> pd.DataFrame:
     """One model per series, trained in parallel; returns one result row per series.
-    Series whose fingerprint equals ``known[series_id]`` come back with status ``unchanged``."""
+    Series whose fingerprint equals ``known[series_id]`` come back with status ``unchanged``;
+    the others are warm-started from ``previous[series_id]`` (artifact URI, sha256) if given."""
     spec = spec or train_spec(cfg)
     keys = cfg.keys
     key_fields = [training_set.schema[k] for k in keys]
     schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
-    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys, known), schema=schema)
+    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys, known, previous), schema=schema)
     return result.toPandas()
 
 

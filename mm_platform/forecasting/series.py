@@ -196,8 +196,13 @@ def time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def train_series(history: pd.DataFrame, spec: TrainSpec) -> TrainResult:
-    """Train one series. ``history`` has columns ds, y and the regressors; never raises for bad data."""
+def train_series(history: pd.DataFrame, spec: TrainSpec, previous: dict | None = None) -> TrainResult:
+    """Train one series. ``history`` has columns ds, y and the regressors; never raises for bad data.
+
+    ``previous`` is the artifact of the series' registered model (daily retraining of a series
+    whose data changed): a fit of the same family starts from its parameters (warm start; the
+    optimum, and so the forecast, is the same as a cold fit's to the solver's tolerance).
+    """
     try:  # imports are per process, not per series: outside the time limit and fit_seconds
         names = {spec.family, *spec.candidates, spec.fallback} if spec.family == AUTO else {spec.family}
         preload(names | set((spec.options or {}).get("ensemble", ())))
@@ -206,14 +211,14 @@ def train_series(history: pd.DataFrame, spec: TrainSpec) -> TrainResult:
     started = time.process_time()
     try:
         with time_limit(spec.fit_timeout_seconds):
-            return _train_series(history, spec, started)
+            return _train_series(history, spec, started, previous)
     except Exception as exc:  # one bad series never fails the run: it is reported instead
         return TrainResult(
             FAILED, f"{type(exc).__name__}: {exc}"[:500], fit_seconds=time.process_time() - started
         )
 
 
-def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float) -> TrainResult:
+def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float, previous: dict | None = None) -> TrainResult:
     history = history[["ds", "y", *spec.regressors]].copy()
     history["ds"] = pd.to_datetime(history["ds"])
     problem = check_series(history, spec)
@@ -223,7 +228,7 @@ def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float) -> Tra
     if problem:
         return TrainResult(problem[0], problem[1], n_obs, last, fp)
     history = regularize(history, spec.freq, spec.regressors)
-    fits = fit_candidates(history, spec)
+    fits = fit_candidates(history, spec, warm=warm_starts(previous))
     champion = fits.champion
     metrics = dict(fits.holdout_metrics[champion]) | fits.naive_metrics | fits.backtest_metrics()
     metrics |= fits.interval_metrics(champion)
@@ -231,6 +236,18 @@ def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float) -> Tra
     return TrainResult(
         TRAINED, "", n_obs, last, fp, metrics, model, time.process_time() - started, champion, fits.reason
     )
+
+
+def warm_starts(previous: dict | None) -> dict[str, dict]:
+    """``{family: warm-start parameters}`` of a model artifact; empty when there is none or it
+    cannot be read (the fit then starts cold)."""
+    if not previous:
+        return {}
+    try:
+        ws = load_model(previous).warm_start
+    except Exception:
+        return {}
+    return {previous["family"]: ws} if ws is not None else {}
 
 
 # --- backtesting, selection, calibration ---------------------------------------------------
@@ -477,11 +494,14 @@ def _fit_or_combine(name: str, frame: pd.DataFrame, ctx: FitContext, fitted: dic
     return get_family(name).fit(frame, ctx, init=init)
 
 
-def fit_candidates(history: pd.DataFrame, spec: TrainSpec, every: bool = False) -> CandidateFits:
+def fit_candidates(
+    history: pd.DataFrame, spec: TrainSpec, every: bool = False, warm: dict[str, dict] | None = None
+) -> CandidateFits:
     """Backtest, select, fit on the training window and score the holdout.
 
     ``history`` is regularized. With ``every`` (used by the accuracy report) every candidate
     gets its holdout fit, not just the champion, so each can be turned into an artifact.
+    ``warm`` (family -> parameters of the series' previous model) warm-starts holdout fits.
     """
     train, test = history.iloc[: -spec.holdout], history.iloc[-spec.holdout :]
     ctx = spec.fit_context
@@ -503,7 +523,7 @@ def fit_candidates(history: pd.DataFrame, spec: TrainSpec, every: bool = False) 
     todo = sorted(todo, key=lambda f: f == "ensemble")  # members first: the ensemble reuses their fits
     for name in todo:
         try:
-            first = _fit_or_combine(name, train, ctx, first_fits)
+            first = _fit_or_combine(name, train, ctx, first_fits, init=(warm or {}).get(name))
         except Exception:
             if name == champion or not every:
                 raise
