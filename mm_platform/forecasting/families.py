@@ -559,21 +559,31 @@ class ConstantModel:
 _ALPHAS = np.round(np.arange(0.05, 0.51, 0.05), 2)
 
 
+def _smooth(x: np.ndarray, alpha: float, start: float) -> np.ndarray:
+    """Exponential smoothing as a linear filter: the level after each value of ``x``
+    (level += alpha * (v - level)), starting from ``start``."""
+    from scipy.signal import lfilter
+
+    if not len(x):
+        return np.zeros(0)
+    return lfilter([alpha], [1.0, alpha - 1.0], x, zi=[(1.0 - alpha) * start])[0]
+
+
 def _ses(x: np.ndarray, alpha: float) -> tuple[float, float]:
     """Simple exponential smoothing: (final level, in-sample one-step MSE)."""
-    level = x[0]
-    sse = 0.0
-    for v in x[1:]:
-        sse += (v - level) ** 2
-        level += alpha * (v - level)
-    return float(level), sse / max(len(x) - 1, 1)
+    if len(x) < 2:
+        return (float(x[0]) if len(x) else 0.0), 0.0
+    levels = np.concatenate([[x[0]], _smooth(x[1:], alpha, x[0])])
+    err = x[1:] - levels[:-1]
+    return float(levels[-1]), float(err @ err) / (len(x) - 1)
 
 
 def _best_ses(x: np.ndarray) -> tuple[float, float]:
     if len(x) < 2:
         return float(x[0]) if len(x) else 0.0, float(_ALPHAS[0])
-    best = min(((_ses(x, a)[1], a) for a in _ALPHAS), key=lambda p: p[0])
-    return _ses(x, best[1])[0], float(best[1])
+    fits = [_ses(x, a) for a in _ALPHAS]
+    best = int(np.argmin([mse for _, mse in fits]))
+    return fits[best][0], float(_ALPHAS[best])
 
 
 class _ConstantFamily:
@@ -624,18 +634,21 @@ class TSB(_ConstantFamily):
 
     @staticmethod
     def _run(y: np.ndarray, a_d: float, a_p: float) -> tuple[float, float]:
+        """(final forecast, in-sample SSE) for one pair of smoothing constants: the one-step
+        forecast before period t is prob_t * z_t (probability smoothed every period, size on
+        demand only). Both are exponential smoothing, so they run as linear filters."""
         occurred = y > 0
-        first = np.flatnonzero(occurred)
-        z = float(y[first[0]]) if len(first) else 0.0
-        prob = float(occurred.mean())
-        sse = 0.0
-        for v, o in zip(y, occurred, strict=True):
-            f = prob * z
-            sse += (v - f) ** 2
-            prob += a_p * (float(o) - prob)
-            if o:
-                z += a_d * (v - z)
-        return prob * z, sse
+        sizes = y[occurred]
+        z0 = float(sizes[0]) if len(sizes) else 0.0
+        p0 = float(occurred.mean())
+        prob_after = _smooth(occurred.astype(np.float64), a_p, p0)
+        prob = np.concatenate([[p0], prob_after[:-1]])
+        z_after = _smooth(sizes, a_d, z0)
+        before = np.cumsum(occurred) - occurred  # demands before period t
+        z = np.where(before > 0, z_after[np.maximum(before - 1, 0)] if len(sizes) else z0, z0)
+        err = y - prob * z
+        final = prob_after[-1] * (z_after[-1] if len(sizes) else z0) if len(y) else 0.0
+        return float(final), float(err @ err)
 
     def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> ConstantModel:
         y, last = self._y(history)
