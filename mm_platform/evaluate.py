@@ -15,7 +15,8 @@ cuts), MASE (mean over series of MAE / in-sample seasonal-naive MAE), median per
 MAPE, empirical interval coverage (pooled, and the share of series within +/-10 pp),
 ``share_beating_seasonal_naive`` (series whose absolute error is below seasonal naive's),
 and for ``auto`` the mix of chosen families. Single families get their intervals calibrated
-on the same backtest residuals as ``auto``'s.
+on the same backtest residuals as ``auto``'s. ``auto_vs`` gives auto's overall WAPE over each
+family's with a 90% paired bootstrap interval over series.
 """
 
 from __future__ import annotations
@@ -230,6 +231,48 @@ def summarize(results: list[dict], methods: list[str], coverage_level: float, mi
     return out
 
 
+def series_errors(results: list[dict], method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per series: (sum of absolute errors of ``method``, sum of absolute actuals), over its cuts."""
+    err, act = [], []
+    for r in results:
+        if r["status"] != "ok":
+            continue
+        e = a = 0.0
+        for c in r["cuts"]:
+            fam = c["champion"] if method == AUTO_LABEL else method
+            if fam not in c["forecasts"]:
+                e = float("nan")
+                break
+            ok = np.isfinite(c["actual"])
+            e += float(np.abs(c["actual"][ok] - c["forecasts"][fam][0][ok]).sum())
+            a += float(np.abs(c["actual"][ok]).sum())
+        err.append(e)
+        act.append(a)
+    return np.asarray(err), np.asarray(act)
+
+
+def compare_auto(results: list[dict], methods: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
+    """``auto``'s overall WAPE relative to each method's (below 1: auto is better), with a 90%
+    paired bootstrap interval over series: how much of the difference is series sampling noise."""
+    auto_err, _ = series_errors(results, AUTO_LABEL)
+    out = {}
+    if not len(auto_err):
+        return out
+    idx = np.random.default_rng(seed).integers(0, len(auto_err), size=(n_boot, len(auto_err)))
+    for m in methods:
+        err, _ = series_errors(results, m)
+        ok = np.isfinite(err) & np.isfinite(auto_err)
+        if not ok.any() or err[ok].sum() <= 0:
+            continue
+        a, b = np.where(ok, auto_err, 0.0), np.where(ok, err, 0.0)
+        boot = a[idx].sum(axis=1) / np.maximum(b[idx].sum(axis=1), 1e-12)
+        out[m] = {
+            "wape_ratio": _r(a.sum() / b.sum()),
+            "ci90": [_r(np.quantile(boot, 0.05)), _r(np.quantile(boot, 0.95))],
+        }
+    return out
+
+
 def _why(reason: str) -> str:
     return "shorter than min_history" if "min_history" in reason else reason[:60]
 
@@ -302,10 +345,12 @@ def run(args) -> dict:
             "folds": spec.folds,
             "fold_length": spec.fold_length or spec.holdout,
             "tie_tolerance": spec.tie_tolerance,
+            "default": spec.fallback,
             "candidates": list(spec.candidates),
         },
         "interval_coverage_nominal": spec.interval_coverage,
         **summarize(results, [AUTO_LABEL, *candidates], spec.interval_coverage, long_history),
+        "auto_vs": compare_auto(results, candidates),
     }
     ok = [r for r in results if r["status"] == "ok"]
     report["evaluate_cpu_seconds_per_series"] = _r(np.mean([r["cpu_seconds"] for r in ok])) if ok else None
@@ -324,6 +369,8 @@ def _print_table(report: dict) -> None:
     for method, m in report["methods"].items():
         print(f"{method:<16}" + "".join(f"{str(m.get(c)):>30}" for c in cols))
     print("auto mix:", report["methods"][AUTO_LABEL].get("mix"))
+    for method, c in report.get("auto_vs", {}).items():
+        print(f"auto WAPE / {method} WAPE: {c['wape_ratio']} (90% bootstrap over series: {c['ci90']})")
 
 
 def cmd_evaluate(args) -> int:

@@ -182,6 +182,30 @@ def test_auto_picks_the_combination_when_it_beats_its_members(monkeypatch):
     assert ((lo < yhat) & (yhat < hi)).all()
 
 
+def test_evaluate_scores_auto_and_every_family_on_unseen_windows():
+    from mm_platform.evaluate import compare_auto, evaluate_series, summarize
+
+    spec = auto_spec(candidates=("seasonal_naive", "croston", "regression"), fallback="regression", folds=2)
+    rng = np.random.default_rng(8)
+    results = []
+    for i in range(4):
+        ds = pd.date_range("2024-01-01", periods=300)
+        y = rng.poisson(20 + 5 * np.sin(2 * np.pi * np.arange(300) / 7) + i).astype(float)
+        results.append(evaluate_series(f"s{i}", pd.DataFrame({"ds": ds, "y": y}), spec, 28, 2))
+    assert all(r["status"] == "ok" and len(r["cuts"]) == 2 for r in results)
+    methods = ["seasonal_naive", "croston", "regression"]
+    report = summarize(results, ["auto", *methods], 0.9, 365)
+    assert report["series_evaluated"] == 4 and report["cuts"] == 8
+    auto = report["methods"]["auto"]
+    assert sum(auto["mix"].values()) == 8 and set(auto["mix"]) <= set(methods)
+    assert 0.7 <= auto["interval_coverage"] <= 1.0
+    vs = compare_auto(results, methods)
+    for m in methods:
+        lo, hi = vs[m]["ci90"]
+        assert lo <= vs[m]["wape_ratio"] <= hi
+        assert vs[m]["wape_ratio"] == pytest.approx(auto["wape"] / report["methods"][m]["wape"], abs=1e-3)
+
+
 # --- weekly, three keys with other names, revenue, boolean + numeric regressors -------------
 
 RUN_DATE = date(2025, 12, 29)  # a Monday: weeks start on Mondays
