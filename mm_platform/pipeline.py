@@ -151,17 +151,21 @@ def train_and_register(
     ``only_series``), check the error threshold, register, and write the training report."""
     from pyspark.sql import functions as F
 
-    from mm_platform.spark_jobs import read_training_set, train_model_set
+    from mm_platform.spark_jobs import read_training_set, train_local_buckets, train_model_set
 
-    training_set = read_training_set(spark, lake, cfg, run_date)
-    if only_series is not None:
-        training_set = training_set.where(F.col("series_id").isin(list(only_series)))
     # Series whose data did not change keep their registered model (same algorithm only);
     # the others' fits start from that model's parameters (warm start).
     same = {sid: mv for sid, mv in registry.latest_by_series(cfg.name).items() if mv.tags.get("algorithm") == cfg.algorithm.name}
     known = {sid: mv.tags.get("data_fingerprint", "") for sid, mv in same.items()}
     previous = {sid: (mv.source, mv.tags.get("artifact_sha256", "")) for sid, mv in same.items()}
-    results = train_model_set(training_set, cfg, known=known, previous=previous)
+    if lake.is_local():
+        # Spark's workers read the bucketed training set themselves: no shuffle (same results).
+        results = train_local_buckets(spark, lake, cfg, run_date, known=known, previous=previous, only_series=only_series)
+    else:
+        training_set = read_training_set(spark, lake, cfg, run_date)
+        if only_series is not None:
+            training_set = training_set.where(F.col("series_id").isin(list(only_series)))
+        results = train_model_set(training_set, cfg, known=known, previous=previous)
     try:
         check_error_threshold(results, cfg)
     except ErrorThresholdExceeded:

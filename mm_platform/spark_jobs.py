@@ -330,6 +330,72 @@ def train_model_set(
     return result.toPandas()
 
 
+def _read_bucket(path: str) -> pd.DataFrame:
+    """One bucket folder of a local training set as Spark hands it to ``applyInPandas``:
+    naive UTC ``datetime64[ns]`` dates (the session time zone is UTC), rows sorted by series
+    and date as written."""
+    import pyarrow.dataset as pads
+
+    files = sorted(
+        os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet") and not f.startswith(("_", "."))
+    )
+    pdf = pads.dataset(files, format="parquet").to_table().to_pandas()
+    ds = pdf["ds"]
+    if getattr(ds.dtype, "tz", None) is not None:
+        ds = ds.dt.tz_convert("UTC").dt.tz_localize(None)
+    pdf["ds"] = ds.astype("datetime64[ns]")
+    return pdf.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)
+
+
+def _train_buckets_fn(
+    spec: TrainSpec, keys: list[str], columns: list[str], buckets: list[str], known: dict[str, str] | None,
+    previous: dict[str, tuple[str, str]] | None, only: frozenset[str] | None,
+):
+    train_group = _train_group_fn(spec, keys, known, previous)
+
+    def run(batches):
+        import numpy as np
+
+        for batch in batches:
+            for i in batch["id"]:
+                pdf = _read_bucket(buckets[int(i)])
+                if only is not None:
+                    pdf = pdf[pdf["series_id"].isin(only)].reset_index(drop=True)
+                if pdf.empty:
+                    continue
+                sid = pdf["series_id"].to_numpy()
+                starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+                ends = np.r_[starts[1:], len(sid)]
+                rows = [train_group(pdf.iloc[a:b]) for a, b in zip(starts, ends, strict=True)]
+                yield pd.concat(rows, ignore_index=True)[columns]
+
+    return run
+
+
+def train_local_buckets(
+    spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date, spec: TrainSpec | None = None,
+    known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
+    only_series: list[str] | None = None,
+) -> pd.DataFrame:
+    """``train_model_set(read_training_set(...))`` for a local (or shared-volume) lake, without
+    its shuffle: the training set is already bucketed by series, so each Spark task reads whole
+    bucket folders with pyarrow and trains every series in them (a series is in one bucket).
+    Same rows as ``train_model_set``, sorted by series id."""
+    spec = spec or train_spec(cfg)
+    keys = cfg.keys
+    folder = lake.path("training_sets", cfg.name, f"run_date={run_date}")
+    buckets = sorted(p for p in lake.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("bucket="))
+    sample = spark.read.parquet(training_set_uri(lake, cfg, run_date)).schema  # the key types, as the groupBy path has them
+    schema = T.StructType([T.StructField(k, sample[k].dataType) for k in keys] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
+    if not buckets:
+        return pd.DataFrame(columns=schema.fieldNames())
+    only = frozenset(only_series) if only_series is not None else None
+    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, known, previous, only)
+    # One task per bucket: spark.range(n) in n partitions holds exactly one index in each.
+    result = spark.range(0, len(buckets), 1, len(buckets)).mapInPandas(fn, schema=schema).toPandas()
+    return result.sort_values("series_id", kind="stable").reset_index(drop=True)
+
+
 PREDICTION_FIELDS = [
     ("series_id", T.StringType()),
     ("ds", T.DateType()),

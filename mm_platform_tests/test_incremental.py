@@ -164,13 +164,13 @@ def test_changed_series_is_warm_started_from_its_registered_model(tmp_path, spar
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     registry = training_registry(cfg)
     calls = []
-    real = spark_jobs.train_model_set
+    real = spark_jobs.train_local_buckets  # the path of a local lake
 
-    def recording(training_set, cfg_, spec=None, known=None, previous=None):
+    def recording(*args, previous=None, **kw):
         calls.append(previous)
-        return real(training_set, cfg_, spec, known=known, previous=previous)
+        return real(*args, previous=previous, **kw)
 
-    monkeypatch.setattr(spark_jobs, "train_model_set", recording)
+    monkeypatch.setattr(spark_jobs, "train_local_buckets", recording)
 
     def day():
         ingest(cfg, lake, cfg.source.url, RUN)
