@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+import numpy as np
 import pandas as pd
 
 from mm_platform.config import DatasetConfig
@@ -58,20 +59,28 @@ class TrainingOutcome:
 
 
 def register_model_set(
-    results: pd.DataFrame, cfg: DatasetConfig, registry: ModelRegistry, run_date: date, run_id: str
+    results: pd.DataFrame, cfg: DatasetConfig, registry: ModelRegistry, run_date: date, run_id: str,
+    latest: dict[str, RegisteredModel] | None = None,
 ) -> TrainingOutcome:
     """Register every trained series' model in the training registry, except where the
     newest registered version already has the same data fingerprint and algorithm (a rerun
-    creates no duplicate versions)."""
-    latest = registry.latest_by_series(cfg.name)
+    creates no duplicate versions). ``latest`` is ``registry.latest_by_series`` when the
+    caller already has it."""
+    if latest is None:
+        latest = registry.latest_by_series(cfg.name)
     report = results.drop(columns=["model_json"]).copy()
     report["algorithm"] = cfg.algorithm.name
     report["model_name"] = None
     report["model_version"] = None
     report["registration"] = None
     report["training_run_id"] = run_id
+    # The report's new values, by position, assigned as whole columns at the end.
+    n = len(report)
+    names, versions, registration = [None] * n, [None] * n, [None] * n
+    status = report["status"].to_numpy(dtype=object, copy=True)
+    metrics = {m: report[m].to_numpy(dtype=np.float64, copy=True) for m in METRICS}
     entries, rows = [], []
-    for i, r in results.iterrows():
+    for pos, r in enumerate(results.to_dict("records")):
         if r["status"] not in (TRAINED, "unchanged"):
             continue
         keys = {k: r[k] for k in cfg.keys}
@@ -79,13 +88,14 @@ def register_model_set(
         prev = latest.get(r["series_id"])
         if r["status"] == "unchanged" and prev is not None:
             # Not refitted: the registered model and its metrics stand.
-            report.loc[i, ["model_name", "model_version", "registration"]] = [prev.name, prev.version, "unchanged"]
+            names[pos], versions[pos], registration[pos] = prev.name, prev.version, "unchanged"
             for m in METRICS:
-                report.loc[i, m] = prev.metric(m)
-            report.loc[i, "status"] = TRAINED
+                v = prev.metric(m)
+                metrics[m][pos] = np.nan if v is None else v
+            status[pos] = TRAINED
             continue
         if prev and prev.tags.get("data_fingerprint") == r["fingerprint"] and prev.tags.get("algorithm") == cfg.algorithm.name:
-            report.loc[i, ["model_name", "model_version", "registration"]] = [prev.name, prev.version, "unchanged"]
+            names[pos], versions[pos], registration[pos] = prev.name, prev.version, "unchanged"
             continue
         tags = {
             "dataset": cfg.name,
@@ -100,10 +110,16 @@ def register_model_set(
         }
         tags |= _selection_tags(r["model_json"])
         entries.append((name, r["model_json"].encode(), tags))
-        rows.append(i)
+        rows.append(pos)
     registered = registry.register_many(entries, run_name=f"{cfg.name}-model-set-{run_date}", run_tags={"run_date": str(run_date), "dagster_run_id": run_id})
-    for i, mv in zip(rows, registered, strict=True):
-        report.loc[i, ["model_name", "model_version", "registration"]] = [mv.name, mv.version, "registered"]
+    for pos, mv in zip(rows, registered, strict=True):
+        names[pos], versions[pos], registration[pos] = mv.name, mv.version, "registered"
+    report["status"] = pd.Series(status, index=report.index, dtype=object)
+    for m in METRICS:
+        report[m] = metrics[m]
+    report["model_name"] = pd.Series(names, index=report.index, dtype=object)
+    report["model_version"] = pd.Series(versions, index=report.index, dtype=object)
+    report["registration"] = pd.Series(registration, index=report.index, dtype=object)
     return TrainingOutcome(
         report,
         registered=len(registered),
@@ -155,7 +171,8 @@ def train_and_register(
 
     # Series whose data did not change keep their registered model (same algorithm only);
     # the others' fits start from that model's parameters (warm start).
-    same = {sid: mv for sid, mv in registry.latest_by_series(cfg.name).items() if mv.tags.get("algorithm") == cfg.algorithm.name}
+    latest = registry.latest_by_series(cfg.name)
+    same = {sid: mv for sid, mv in latest.items() if mv.tags.get("algorithm") == cfg.algorithm.name}
     known = {sid: mv.tags.get("data_fingerprint", "") for sid, mv in same.items()}
     previous = {sid: (mv.source, mv.tags.get("artifact_sha256", "")) for sid, mv in same.items()}
     if lake.is_local():
@@ -172,7 +189,7 @@ def train_and_register(
         report = results.drop(columns=["model_json"]).assign(algorithm=cfg.algorithm.name, training_run_id=run_id)
         _write_report(warehouse, run_date, report, only_series)
         raise
-    outcome = register_model_set(results, cfg, registry, run_date, run_id)
+    outcome = register_model_set(results, cfg, registry, run_date, run_id, latest)
     _write_report(warehouse, run_date, outcome.report, only_series)
     return outcome
 
