@@ -391,8 +391,10 @@ def train_local_buckets(
         return pd.DataFrame(columns=schema.fieldNames())
     only = frozenset(only_series) if only_series is not None else None
     fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, known, previous, only)
-    # One task per bucket: spark.range(n) in n partitions holds exactly one index in each.
-    result = spark.range(0, len(buckets), 1, len(buckets)).mapInPandas(fn, schema=schema).toPandas()
+    # As many tasks as the groupBy path had (spark.sql.shuffle.partitions), each taking a
+    # contiguous run of bucket indices: every task costs ~0.1 core-s of Spark/Python overhead.
+    n_tasks = max(1, min(len(buckets), int(spark.conf.get("spark.sql.shuffle.partitions", "8"))))
+    result = spark.range(0, len(buckets), 1, n_tasks).mapInPandas(fn, schema=schema).toPandas()
     return result.sort_values("series_id", kind="stable").reset_index(drop=True)
 
 
