@@ -162,14 +162,13 @@ class ModelRegistry:
         if store is None:
             return self._aliased_by_series_client(dataset, alias)
         import sqlalchemy as sa
+        from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
         from mlflow.store.model_registry.dbmodels.models import (
             SqlModelVersion,
             SqlModelVersionTag,
             SqlRegisteredModelAlias,
             SqlRegisteredModelTag,
         )
-
-        from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
 
         workspace = store._get_active_workspace()
         mv = SqlModelVersion

@@ -15,7 +15,13 @@ from mm_platform.datagen import write_sales
 from mm_platform.forecasting.series import forecast_arrays, future_regressor_values
 from mm_platform.ingestion import ingest
 from mm_platform.lake import Lake
-from mm_platform.pipeline import production_by_series, production_registry, promote, train_and_register, training_registry
+from mm_platform.pipeline import (
+    production_by_series,
+    production_registry,
+    promote,
+    train_and_register,
+    training_registry,
+)
 from mm_platform.scoring import score_and_write
 from mm_platform.spark_jobs import build_training_sets
 from mm_platform.sql import create_engine
@@ -70,7 +76,7 @@ def test_batch_scoring_uses_the_planned_prices_in_the_source(tmp_path, spark):
     planned = lake.read_future(cfg.source.table, RUN)
     prod = production_by_series(production_registry(cfg), cfg.name)
     assert "store=1,item=2" in prod
-    for sid, mv in prod.items():
+    for mv in prod.values():
         item = int(mv.tags["key.item"])
         model = production_registry(cfg).load_model(mv)
         rows = planned[planned["item"] == item]
