@@ -136,7 +136,9 @@ def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run
         return {"rows": len(pdf), "series": int(pdf["series_id"].nunique()), "path": out}
     (
         df.repartition("bucket")
-        .sortWithinPartitions("series_id", "ds")
+        # "bucket" first: the partitioned writer needs rows ordered by it and would otherwise
+        # re-sort by bucket alone, losing the series order inside each file.
+        .sortWithinPartitions("bucket", "series_id", "ds")
         .write.mode("overwrite")
         .partitionBy("bucket")
         .parquet(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,14 @@ def test_training_sets_are_bucketed_so_one_series_reads_one_bucket(env, spark):
     one = df.where("series_id = 'store=1,item=2'")
     plan = one._jdf.queryExecution().executedPlan().toString()
     assert one.count() == 109 and "bucket" in df.columns and "PushedFilters" in plan
+    # Within each file rows are sorted by series and date (one series is one contiguous run).
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(lake.path("training_sets", cfg.name, "run_date=2025-12-20")).glob("bucket=*/*.parquet"))
+    assert files
+    for f in files:
+        part = pq.read_table(f, columns=["series_id", "ds"]).to_pandas()
+        assert part.equals(part.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)), f
 
 
 def _series(n=200, level=20.0, seed=0):

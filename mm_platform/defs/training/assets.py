@@ -34,8 +34,10 @@ def training_sets(
     partitions_def=run_dates,
     group_name="training",
     kinds={"spark", "mlflow", "prophet"},
-    description="Trains one model per series in parallel (Spark groupBy(keys).applyInPandas) with holdout "
-    "metrics against a seasonal-naive baseline, and registers each in the training MLflow registry with tags.",
+    description="Trains one model per series in parallel (Spark tasks over the series buckets on a local lake, "
+    "groupBy(keys).applyInPandas elsewhere) with holdout metrics against a seasonal-naive baseline; series whose "
+    "data is unchanged keep their model, changed ones are warm-started from it. Each new model is registered in "
+    "the training MLflow registry with tags.",
 )
 def model_set(
     context: dg.AssetExecutionContext,
