@@ -198,14 +198,8 @@ class Lake:
 
     def write_future(self, table: str, run_date, rows: pd.DataFrame) -> str:
         """Replace the run date's snapshot of future regressor values (planned prices,
-        promotions) with ``rows``: written to a temporary file, then renamed into place."""
-        folder = self.path("future", table)
-        self.fs.makedirs(folder, exist_ok=True)
-        path = f"{folder}/run_date={run_date}.parquet"
-        tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
-        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp, filesystem=self.fs)
-        self.fs.mv(tmp, path)
-        return path
+        promotions) with ``rows``."""
+        return self._write_parquet(self.path("future", table), f"run_date={run_date}.parquet", rows)
 
     def read_future(self, table: str, run_date) -> pd.DataFrame | None:
         path = self.path("future", table, f"run_date={run_date}.parquet")
@@ -217,9 +211,13 @@ class Lake:
 
     def append_quarantine(self, table: str, rows: pd.DataFrame) -> str:
         """Bad source rows, with the reason, kept for inspection (one file per write)."""
-        folder = self.path("quarantine", table)
+        return self._write_parquet(self.path("quarantine", table), f"part-{uuid.uuid4().hex[:12]}.parquet", rows)
+
+    def _write_parquet(self, folder: str, name: str, rows: pd.DataFrame) -> str:
+        """``rows`` as ``folder/name``: written to a temporary file, then renamed into place,
+        so a reader sees the old file or the new one, never half of one."""
         self.fs.makedirs(folder, exist_ok=True)
-        path = f"{folder}/part-{uuid.uuid4().hex[:12]}.parquet"
+        path = f"{folder}/{name}"
         tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
         pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp, filesystem=self.fs)
         self.fs.mv(tmp, path)
