@@ -4,12 +4,14 @@ model. The per-series work itself is in ``mm_platform.forecasting`` (no Spark th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from datetime import date
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -417,10 +419,6 @@ SCORED, SCORING_FAILED, SCORING_SKIPPED = "scored", "failed", "skipped"
 def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool, future_json: str | None = None):
     """One series' forecast arrays, or the reason it could not be forecast (never raises).
     ``future_json``: the series' known future regressor values, if the source has them."""
-    import json
-
-    import numpy as np
-
     try:
         model = json.loads(model_json)
         regressors = future_regressor_values(model, horizon, json.loads(future_json) if isinstance(future_json, str) else None)
@@ -433,8 +431,6 @@ def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool, future_
 
 
 def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[str]):
-    import numpy as np
-
     value_cols = ("ds", "yhat", "yhat_lower", "yhat_upper")
     meta_cols = (*keys, "series_id", "model_name", "model_version")
 
