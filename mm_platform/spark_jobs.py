@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mm_platform.config import DatasetConfig, SparkConfig
+from mm_platform.faults import fault_point
 from mm_platform.forecasting.series import TrainSpec, forecast_arrays, future_regressor_values, train_series
 from mm_platform.lake import Lake
 
@@ -84,17 +85,29 @@ def training_set_uri(lake: Lake, cfg: DatasetConfig, run_date: date) -> str:
 
 
 def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date) -> dict:
-    """Lake raw table -> per-series training data (ds, y, regressors), bucketed by series and
-    sorted within each file so reading one series touches one bucket.
+    """Lake raw table -> per-series training data (keys, series_id, ds, y, regressors),
+    bucketed by series (``pmod(xxhash64(series_id), 32)``) and sorted by series and date within
+    each bucket, so reading one series touches one bucket.
 
-    A local (or shared-volume) lake is read and written by Spark itself. Any other lake
-    (``abfs://``...) is read with pyarrow through fsspec in the driver, handed to Spark with
-    ``createDataFrame``, and the result written back through fsspec in the same layout: the
-    Spark here has no hadoop-azure connector, and this works on every master, Spark Connect too.
+    A local (or shared-volume) lake is built by Spark tasks with pyarrow (``_build_local``): a
+    map stage splits the raw files by bucket, a reduce stage sorts each bucket. Any other lake
+    (``abfs://``...), or partition keys whose text form Arrow and Spark do not share, goes
+    through Spark SQL: read with pyarrow through fsspec in the driver where Spark cannot read
+    the lake itself, grouped by Spark, written back through fsspec in the same layout (this
+    Spark has no hadoop-azure connector; this works on every master, Spark Connect too).
     """
     manifest_files = sorted(lake.read_manifest(cfg.source.table)["files"].values())
     if not manifest_files:
         raise ValueError(f"the lake has no data for table {cfg.source.table!r}: materialize raw_sales first")
+    if lake.is_local():
+        raw_files = [lake.path("raw", cfg.source.table, rel) for rel in manifest_files]
+        raw_schema = _raw_schema(raw_files)
+        cols = cfg.columns
+        missing = [c for c in [*cols.keys, cols.date, cols.target, *cols.regressors] if c not in raw_schema.names]
+        if missing:
+            raise ValueError(f"the lake's {cfg.source.table!r} table lacks configured columns {missing}; it has {raw_schema.names}")
+        if all(_arrow_key_type(raw_schema.field(k).type) for k in cfg.keys):
+            return _build_local(spark, lake, cfg, run_date, raw_files, raw_schema)
     cols = cfg.columns
     if lake.is_local():
         raw = spark.read.parquet(*[lake.uri("raw", cfg.source.table, rel) for rel in manifest_files])
@@ -103,7 +116,34 @@ def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run
         pdf = lake.read_raw(cfg.source.table, columns=wanted, filters=[(cols.date, "<=", pd.Timestamp(run_date))])
         pdf[cols.date] = pd.to_datetime(pdf[cols.date]).astype("datetime64[us]")
         raw = spark.createDataFrame(pdf)
-    df = (
+    df = training_rows(raw, cfg, run_date)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # The layout of _build_local (bucket=N/part-*.parquet, rows sorted by series and date, no
+    # bucket column inside the files), written through fsspec.
+    pdf = df.toPandas()
+    folder = lake.path("training_sets", cfg.name, f"run_date={run_date}")
+    if lake.fs.exists(folder):
+        lake.fs.rm(folder, recursive=True)
+    for bucket, part in pdf.groupby("bucket", sort=True):
+        part = part.drop(columns="bucket").sort_values(["series_id", "ds"], kind="stable")
+        path = f"{folder}/bucket={int(bucket)}/part-00000.parquet"
+        lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        pq.write_table(
+            pa.Table.from_pandas(part, preserve_index=False), path, filesystem=lake.fs,
+            coerce_timestamps="us", allow_truncated_timestamps=True,
+        )
+    with lake.fs.open(f"{folder}/_SUCCESS", "wb"):
+        pass
+    return {"rows": len(pdf), "series": int(pdf["series_id"].nunique()), "path": training_set_uri(lake, cfg, run_date)}
+
+
+def training_rows(raw: DataFrame, cfg: DatasetConfig, run_date: date) -> DataFrame:
+    """The training-set rows of a raw table as a Spark DataFrame, with their ``bucket``: the
+    definition ``_build_local`` implements in Arrow (and the tests hold it to)."""
+    cols = cfg.columns
+    return (
         raw.where(F.col(cols.date) <= F.lit(run_date).cast("timestamp"))
         .select(
             *[F.col(k) for k in cols.keys],
@@ -114,61 +154,168 @@ def build_training_sets(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run
         )
         .withColumn("bucket", F.pmod(F.xxhash64("series_id"), F.lit(N_BUCKETS)))
     )
-    out = training_set_uri(lake, cfg, run_date)
-    if not lake.is_local():
-        # The layout Spark's partitionBy("bucket") writes (bucket=N/part-*.parquet, rows sorted by
-        # series and date, no bucket column inside the files), written through fsspec.
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pdf = df.toPandas()
-        folder = lake.path("training_sets", cfg.name, f"run_date={run_date}")
-        if lake.fs.exists(folder):
-            lake.fs.rm(folder, recursive=True)
-        for bucket, part in pdf.groupby("bucket", sort=True):
-            part = part.drop(columns="bucket").sort_values(["series_id", "ds"], kind="stable")
-            path = f"{folder}/bucket={int(bucket)}/part-00000.parquet"
-            lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            pq.write_table(
-                pa.Table.from_pandas(part, preserve_index=False), path, filesystem=lake.fs,
-                coerce_timestamps="us", allow_truncated_timestamps=True,
-            )
-        with lake.fs.open(f"{folder}/_SUCCESS", "wb"):
-            pass
-        return {"rows": len(pdf), "series": int(pdf["series_id"].nunique()), "path": out}
-    (
-        df.repartition("bucket")
-        # "bucket" first: the partitioned writer needs rows ordered by it and would otherwise
-        # re-sort by bucket alone, losing the series order inside each file.
-        .sortWithinPartitions("bucket", "series_id", "ds")
-        .write.mode("overwrite")
-        .partitionBy("bucket")
-        .parquet(out)
-    )
-    rows, series = _training_set_stats(lake.path("training_sets", cfg.name, f"run_date={run_date}"))
-    return {"rows": rows, "series": series, "path": out}
 
 
-def _training_set_stats(folder: str) -> tuple[int, int]:
-    """Rows and series of a local training set, read in the driver from its series_id column
-    alone (dictionary-encoded), bucket by bucket: no second Spark job over the data. A series
-    is in one bucket, so the per-bucket distinct counts add up."""
+# -- the Arrow build of a local lake's training sets ------------------------------------------
+#
+# Spark SQL's build (scan, shuffle, sort, partitioned write) cost ~8 core-s per million rows
+# plus 5-13 core-s of JVM class loading, code generation and JIT in each new session; the same
+# work in pyarrow inside Spark's Python workers (which training starts anyway) costs about a
+# third per row and almost nothing fixed. Spark still schedules the tasks.
+
+
+def _raw_schema(files: list[str]):
+    """One schema for all raw files (their footers only): int32 in one month and int64 in
+    another become int64, as they would have to for Spark."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+
+
+def _arrow_key_type(t) -> bool:
+    """Partition-key types whose Arrow text form equals Spark's ``cast(k as string)`` (so the
+    series ids, and with them the buckets, are the same as Spark SQL's)."""
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_date(t)
+
+
+def _bucket_of(series_ids: list[str]):
+    """``pmod(xxhash64(series_id), N_BUCKETS)`` exactly as Spark computes it (XXH64, seed 42,
+    over the UTF-8 bytes); 2**64 is a multiple of N_BUCKETS, so the unsigned remainder equals
+    Spark's pmod of the signed hash."""
+    import xxhash
+
+    return np.fromiter((xxhash.xxh64_intdigest(s.encode(), seed=42) % N_BUCKETS for s in series_ids),
+                       dtype=np.int32, count=len(series_ids))
+
+
+def _training_table(table, cfg: DatasetConfig, run_date: date):
+    """One raw Arrow table -> training rows (``training_rows`` in Arrow) and each row's bucket."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = cfg.columns
+    ds = pc.cast(table[cols.date], pa.timestamp("us"), safe=False)
+    # Spark compares (and casts) in the session time zone, UTC: a zoned timestamp keeps its instant.
+    if getattr(ds.type, "tz", None):
+        ds = pc.cast(ds, pa.timestamp("us"))
+    keep = pc.less_equal(ds, pa.scalar(pd.Timestamp(run_date).to_pydatetime(), pa.timestamp("us")))
+    table, ds = table.filter(keep), ds.filter(keep)
+    parts = []
+    for i, k in enumerate(cols.keys):
+        parts += ["," if i else "", f"{k}=", pc.cast(table[k], pa.string())]
+    series_id = pc.binary_join_element_wise(*parts, "") if len(cols.keys) else pa.array([""] * table.num_rows)
+    encoded = pc.dictionary_encode(series_id).combine_chunks() if isinstance(series_id, pa.ChunkedArray) \
+        else pc.dictionary_encode(series_id)
+    bucket = _bucket_of(encoded.dictionary.to_pylist())[encoded.indices.to_numpy(zero_copy_only=False)]
+    out = pa.table(
+        [*[table[k] for k in cols.keys], series_id, ds, pc.cast(table[cols.target], pa.float64()),
+         *[pc.cast(table[r], pa.float64()) for r in cols.regressors]],
+        names=[*cols.keys, "series_id", "ds", "y", *cols.regressors],
+    )
+    return out, bucket
+
+
+def _split_raw_files(files: list[str], raw_schema, cfg: DatasetConfig, run_date: date, out: str, task: int) -> int:
+    """Map stage: raw files -> one fragment per bucket (``out/bucket=N/part-<task>.parquet``),
+    a file at a time so memory stays at one raw file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = cfg.columns
+    wanted = [*cols.keys, cols.date, cols.target, *cols.regressors]
+    writers: dict[int, pq.ParquetWriter] = {}
+    rows = 0
+    try:
+        for path in files:
+            table = pq.read_table(path, columns=wanted, partitioning=None, use_threads=False)
+            table = table.cast(pa.schema([raw_schema.field(n) for n in wanted]))
+            table, bucket = _training_table(table, cfg, run_date)
+            if not table.num_rows:
+                continue
+            order = np.argsort(bucket, kind="stable")
+            sorted_bucket = bucket[order]
+            bounds = np.flatnonzero(np.diff(sorted_bucket)) + 1
+            for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(order)], strict=True):
+                b = int(sorted_bucket[start])
+                piece = table.take(order[start:end])
+                if b not in writers:
+                    os.makedirs(f"{out}/bucket={b}", exist_ok=True)
+                    writers[b] = pq.ParquetWriter(f"{out}/bucket={b}/part-{task:05d}.parquet", piece.schema)
+                writers[b].write_table(piece)
+            rows += table.num_rows
+    finally:
+        for w in writers.values():
+            w.close()
+    return rows
+
+
+def _sort_bucket(fragments: str, out: str) -> tuple[int, int]:
+    """Reduce stage: one bucket's fragments -> one file sorted by series and date; its rows
+    and series (a series is in one bucket, so the counts add up across buckets)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    rows = series = 0
-    for bucket in sorted(os.listdir(folder)):
-        if not bucket.startswith("bucket="):
-            continue
-        path = os.path.join(folder, bucket)
-        files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".parquet") and not f.startswith(("_", "."))]
-        if not files:
-            continue
-        ids = pq.read_table(files, columns=["series_id"], read_dictionary=["series_id"], partitioning=None)["series_id"]
-        rows += len(ids)
-        series += pc.count_distinct(pa.chunked_array([c.dictionary_decode() for c in ids.chunks], pa.string())).as_py()
-    return rows, series
+    files = sorted(os.path.join(fragments, f) for f in os.listdir(fragments) if f.endswith(".parquet"))
+    table = pq.read_table(files, partitioning=None, use_threads=False)
+    table = table.take(pc.sort_indices(table, sort_keys=[("series_id", "ascending"), ("ds", "ascending")]))
+    os.makedirs(out, exist_ok=True)
+    pq.write_table(table, f"{out}/part-00000.parquet")
+    return table.num_rows, pc.count_distinct(table["series_id"]).as_py()
+
+
+def _build_local(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date, raw_files: list[str], raw_schema) -> dict:
+    """Build the run date's training set in a staging folder with two stages of Spark tasks,
+    then swap it in: readers see the previous set or the new one, never a partial one."""
+    import shutil
+    import uuid
+
+    final = lake.path("training_sets", cfg.name, f"run_date={run_date}")
+    staging = lake.path("training_sets", cfg.name, f".building-run_date={run_date}-{uuid.uuid4().hex[:12]}")
+    n_tasks = int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
+    try:
+        split = _split_task_fn(raw_files, raw_schema, cfg, run_date, f"{staging}/map")
+        spark.range(0, len(raw_files), 1, max(1, min(len(raw_files), n_tasks))).mapInPandas(split, "rows long").collect()
+        buckets = sorted(int(d.split("=", 1)[1]) for d in os.listdir(f"{staging}/map")) if os.path.isdir(f"{staging}/map") else []
+        stats = [(0, 0)]
+        if buckets:
+            sort = _sort_task_fn(buckets, f"{staging}/map", f"{staging}/out")
+            stats += [(r.rows, r.series) for r in spark.range(0, len(buckets), 1, max(1, min(len(buckets), n_tasks)))
+                      .mapInPandas(sort, "rows long, series long").collect()]
+        os.makedirs(f"{staging}/out", exist_ok=True)
+        open(f"{staging}/out/_SUCCESS", "wb").close()
+        fault_point("training_sets.before_swap")  # new set complete, not yet in place
+        # Two renames: a crash between them leaves no set for the run date (a rebuild makes it
+        # again from the raw table), never a mix of old and new files.
+        old = f"{staging}/old"
+        if os.path.exists(final):
+            os.rename(final, old)
+        os.rename(f"{staging}/out", final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"rows": sum(r for r, _ in stats), "series": sum(s for _, s in stats), "path": training_set_uri(lake, cfg, run_date)}
+
+
+def _split_task_fn(files: list[str], raw_schema, cfg: DatasetConfig, run_date: date, out: str):
+    def run(batches):
+        ids = [int(i) for batch in batches for i in batch["id"]]
+        if ids:
+            yield pd.DataFrame({"rows": [_split_raw_files([files[i] for i in ids], raw_schema, cfg, run_date, out, ids[0])]})
+
+    return run
+
+
+def _sort_task_fn(buckets: list[int], fragments: str, out: str):
+    def run(batches):
+        for batch in batches:
+            for i in batch["id"]:
+                b = buckets[int(i)]
+                rows, series = _sort_bucket(f"{fragments}/bucket={b}", f"{out}/bucket={b}")
+                yield pd.DataFrame({"rows": [rows], "series": [series]})
+
+    return run
 
 
 def read_training_set(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: date) -> DataFrame:

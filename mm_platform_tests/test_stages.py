@@ -113,6 +113,80 @@ def test_training_sets_are_bucketed_so_one_series_reads_one_bucket(env, spark):
         assert part.equals(part.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)), f
 
 
+def _files_by_bucket(lake, cfg, run_date) -> dict[int, pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    folder = Path(lake.path("training_sets", cfg.name, f"run_date={run_date}"))
+    return {int(d.name.split("=")[1]): pq.read_table(sorted(d.glob("*.parquet")), partitioning=None).to_pandas()
+            for d in sorted(folder.glob("bucket=*"))}
+
+
+@pytest.mark.parametrize("keys", ["int", "string"])
+def test_arrow_build_writes_what_spark_sql_defines(tmp_path, spark, keys):
+    """The local lake's training sets (pyarrow in Spark tasks) hold exactly the rows of
+    ``training_rows`` (the Spark SQL definition): same series ids, same buckets (Spark's
+    xxhash64), same values, sorted by series and date in each bucket file; rows after the run
+    date left out; int32/int64 key columns across raw files unified."""
+    from mm_platform.spark_jobs import training_rows
+
+    path = write_config(tmp_path, columns={"keys": ["store", "item"]} if keys == "int" else
+                        {"keys": ["region", "sku"], "regressors": ["price", "promo"]})
+    cfg = load_config(path)
+    lake = Lake(cfg.storage.lake_url)
+    sales = generate_sales(stores=3, items=5, days=100, seed=4)
+    if keys == "string":
+        sales = sales.assign(region="région-" + sales["store"].astype(str), sku="SKU " + sales["item"].astype(str) + ",x")
+        sales = sales.drop(columns=["store", "item", "holiday"])
+    first, second = sales[sales["date"] < "2025-11-15"], sales[sales["date"] >= "2025-11-15"]
+    if keys == "int":
+        second = second.astype({"store": "int64"})  # a later month written with a wider key type
+    for part in (first, second):
+        lake.upsert_raw("sales", part.reset_index(drop=True), cfg.keys, "date")
+    run_date = date(2025, 12, 20)
+    stats = build_training_sets(spark, lake, cfg, run_date)
+
+    import pyarrow.parquet as pq
+
+    # (Spark's own Parquet reader refuses int32 and int64 in one column: read the reference with pandas.)
+    files = [lake.path("raw", "sales", f) for f in lake.read_manifest("sales")["files"].values()]
+    assert len(files) > 1
+    raw = spark.createDataFrame(pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True))
+    expected = training_rows(raw, cfg, run_date).toPandas()
+    written = _files_by_bucket(lake, cfg, run_date)
+    assert stats["rows"] == len(expected) == sum(map(len, written.values()))
+    assert stats["series"] == expected["series_id"].nunique() == 15
+    assert expected["ds"].max() == pd.Timestamp(run_date) and sales["date"].max() > pd.Timestamp(run_date)
+    assert sorted(written) == sorted(expected["bucket"].unique())
+    for bucket, got in written.items():
+        want = expected[expected["bucket"] == bucket].drop(columns="bucket")
+        want = want.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)
+        assert list(got.columns) == list(want.columns)
+        got = got.assign(ds=got["ds"].astype("datetime64[ns]"), **{k: got[k].astype(want[k].dtype) for k in cfg.keys})
+        pd.testing.assert_frame_equal(got, want.assign(ds=want["ds"].astype("datetime64[ns]")), check_dtype=False)
+
+
+def test_training_set_rebuild_replaces_it_and_a_failed_build_keeps_the_previous_one(env, spark):
+    cfg, lake = env
+    ingest(cfg, lake, cfg.source.url, date(2025, 12, 31))
+    run_date = date(2025, 12, 20)
+    build_training_sets(spark, lake, cfg, run_date)
+    before = _files_by_bucket(lake, cfg, run_date)
+    build_training_sets(spark, lake, cfg, run_date)  # idempotent: the same set again, no leftovers
+    again = _files_by_bucket(lake, cfg, run_date)
+    assert before.keys() == again.keys() and all(before[b].equals(again[b]) for b in before)
+    folder = Path(lake.path("training_sets", cfg.name))
+    assert sorted(p.name for p in folder.iterdir()) == ["run_date=2025-12-20"]
+
+    # A raw file that cannot be read fails the build; the previous set stays whole.
+    victim = lake.path("raw", "sales", sorted(lake.read_manifest("sales")["files"].values())[-1])
+    Path(victim).write_bytes(b"not parquet")
+    with pytest.raises(Exception, match="(?i)parquet"):
+        build_training_sets(spark, lake, cfg, run_date)
+    kept = _files_by_bucket(lake, cfg, run_date)
+    assert kept.keys() == before.keys() and all(before[b].equals(kept[b]) for b in before)
+    assert sorted(p.name for p in folder.iterdir()) == ["run_date=2025-12-20"]
+
+
 def _series(n=200, level=20.0, seed=0):
     rng = np.random.default_rng(seed)
     ds = pd.date_range("2024-01-01", periods=n, freq="D")
