@@ -430,24 +430,24 @@ def read_previous_model(ref: tuple[str, str] | None) -> dict | None:
         return None
 
 
-def _train_group_fn(
+def _train_row_fn(
     spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None
 ):
-    """``known`` maps series id -> fingerprint of its registered model: a series whose data
+    """One series' result row. ``known`` maps series id -> fingerprint of its registered model: a series whose data
     has not changed is not refitted (daily incremental retraining). ``previous`` maps series
     id -> (artifact URI, sha256) of that model: a changed series' fit is warm-started from it."""
     metric_names = ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")
     known = known or {}
     previous = previous or {}
 
-    def train_group(pdf: pd.DataFrame) -> pd.DataFrame:
+    def train_row(pdf: pd.DataFrame) -> dict:
         sid = pdf["series_id"].iloc[0]
         if sid in known and series_fingerprint(pdf, spec.regressors) == known[sid]:
             row = {k: pdf[k].iloc[0] for k in keys}
             row |= {"series_id": sid, "status": UNCHANGED, "reason": "data unchanged since the registered model",
                     "n_obs": int(pdf["y"].notna().sum()), "last_date": str(pd.to_datetime(pdf["ds"]).max().date()),
                     "fingerprint": known[sid], **dict.fromkeys(metric_names), "fit_seconds": 0.0, "model_json": ""}
-            return pd.DataFrame([row])
+            return row
         r = train_series(pdf, spec, previous=read_previous_model(previous.get(sid)))
         row = {k: pdf[k].iloc[0] for k in keys}
         row |= {
@@ -461,9 +461,17 @@ def _train_group_fn(
             "fit_seconds": r.fit_seconds,
             "model_json": r.model_json(),
         }
-        return pd.DataFrame([row])
+        return row
 
-    return train_group
+    return train_row
+
+
+def _train_group_fn(
+    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None
+):
+    """One series' result row as a DataFrame (``applyInPandas``)."""
+    train_row = _train_row_fn(spec, keys, known, previous)
+    return lambda pdf: pd.DataFrame([train_row(pdf)])
 
 
 def train_model_set(
@@ -502,7 +510,7 @@ def _train_buckets_fn(
     spec: TrainSpec, keys: list[str], columns: list[str], buckets: list[str], known: dict[str, str] | None,
     previous: dict[str, tuple[str, str]] | None, only: frozenset[str] | None,
 ):
-    train_group = _train_group_fn(spec, keys, known, previous)
+    train_row = _train_row_fn(spec, keys, known, previous)
 
     def run(batches):
         import numpy as np
@@ -517,8 +525,7 @@ def _train_buckets_fn(
                 sid = pdf["series_id"].to_numpy()
                 starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
                 ends = np.r_[starts[1:], len(sid)]
-                rows = [train_group(pdf.iloc[a:b]) for a, b in zip(starts, ends, strict=True)]
-                yield pd.concat(rows, ignore_index=True)[columns]
+                yield pd.DataFrame([train_row(pdf.iloc[a:b]) for a, b in zip(starts, ends, strict=True)], columns=columns)
 
     return run
 
@@ -536,10 +543,16 @@ def train_local_buckets(
     keys = cfg.keys
     folder = lake.path("training_sets", cfg.name, f"run_date={run_date}")
     buckets = sorted(p for p in lake.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("bucket="))
-    sample = spark.read.parquet(training_set_uri(lake, cfg, run_date)).schema  # the key types, as the groupBy path has them
-    schema = T.StructType([T.StructField(k, sample[k].dataType) for k in keys] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
-    if not buckets:
-        return pd.DataFrame(columns=schema.fieldNames())
+    files = sorted(f for b in buckets for f in lake.fs.ls(b, detail=False) if f.endswith(".parquet"))
+    if not files:
+        return pd.DataFrame(columns=[*keys, *(n for n, _ in RESULT_FIELDS)])
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    # The key types as the groupBy path has them, from one footer (not a Spark job).
+    sample = pq.read_schema(files[0])
+    schema = T.StructType([T.StructField(k, from_arrow_type(sample.field(k).type)) for k in keys]
+                          + [T.StructField(n, t) for n, t in RESULT_FIELDS])
     only = frozenset(only_series) if only_series is not None else None
     fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, known, previous, only)
     # As many tasks as the groupBy path had (spark.sql.shuffle.partitions), each taking a
