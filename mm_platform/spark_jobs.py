@@ -295,15 +295,15 @@ def _build_local(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: 
 
     final = lake.path("training_sets", cfg.name, f"run_date={run_date}")
     staging = lake.path("training_sets", cfg.name, f".building-run_date={run_date}-{uuid.uuid4().hex[:12]}")
-    n_tasks = int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
+    rows = int(lake.read_manifest(cfg.source.table).get("rows") or 0)
     try:
         split = _split_task_fn(raw_files, raw_schema, cfg, run_date, f"{staging}/map")
-        spark.range(0, len(raw_files), 1, max(1, min(len(raw_files), n_tasks))).mapInPandas(split, "rows long").collect()
+        spark.range(0, len(raw_files), 1, task_count(spark, len(raw_files), rows)).mapInPandas(split, "rows long").collect()
         buckets = sorted(int(d.split("=", 1)[1]) for d in os.listdir(f"{staging}/map")) if os.path.isdir(f"{staging}/map") else []
         stats = [(0, 0)]
         if buckets:
             sort = _sort_task_fn(buckets, f"{staging}/map", f"{staging}/out")
-            stats += [(r.rows, r.series) for r in spark.range(0, len(buckets), 1, max(1, min(len(buckets), n_tasks)))
+            stats += [(r.rows, r.series) for r in spark.range(0, len(buckets), 1, task_count(spark, len(buckets), rows))
                       .mapInPandas(sort, "rows long, series long").collect()]
         os.makedirs(f"{staging}/out", exist_ok=True)
         open(f"{staging}/out/_SUCCESS", "wb").close()
@@ -317,6 +317,22 @@ def _build_local(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"rows": sum(r for r, _ in stats), "series": sum(s for _, s in stats), "path": training_set_uri(lake, cfg, run_date)}
+
+
+ROWS_PER_TASK = 2_000_000
+
+
+def task_count(spark: SparkSession, items: int, rows: int) -> int:
+    """Spark tasks for ``items`` units of work (files, buckets) holding ``rows`` rows in all:
+    one per ``ROWS_PER_TASK`` rows, at least one per core, at most ``spark.sql.shuffle.partitions``
+    and ``items``. A task costs ~0.05 core-s of JVM and Python overhead, which a small input
+    would otherwise pay eight times over for work it could do in two."""
+    most = int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
+    try:
+        cores = spark.sparkContext.defaultParallelism
+    except Exception:  # Spark Connect has no SparkContext: the configured partitions then
+        cores = most
+    return max(1, min(items, most, max(cores, -(-rows // ROWS_PER_TASK))))
 
 
 def _split_task_fn(files: list[str], raw_schema, cfg: DatasetConfig, run_date: date, out: str):
@@ -576,10 +592,10 @@ def train_local_buckets(
                           + [T.StructField(n, t) for n, t in RESULT_FIELDS])
     only = frozenset(only_series) if only_series is not None else None
     fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, known, previous, only)
-    # As many tasks as the groupBy path had (spark.sql.shuffle.partitions), each taking a
-    # contiguous run of bucket indices: every task costs ~0.1 core-s of Spark/Python overhead.
-    n_tasks = max(1, min(len(buckets), int(spark.conf.get("spark.sql.shuffle.partitions", "8"))))
-    result = spark.range(0, len(buckets), 1, n_tasks).mapInPandas(fn, schema=schema).toPandas()
+    # Each task takes a contiguous run of bucket indices; as many tasks as the data needs
+    # (at most spark.sql.shuffle.partitions, as the groupBy path has).
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    result = spark.range(0, len(buckets), 1, task_count(spark, len(buckets), rows)).mapInPandas(fn, schema=schema).toPandas()
     return result.sort_values("series_id", kind="stable").reset_index(drop=True)
 
 
