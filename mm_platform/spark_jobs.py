@@ -18,7 +18,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mm_platform.config import DatasetConfig, SparkConfig
-from mm_platform.faults import fault_point
 from mm_platform.forecasting.series import TrainSpec, forecast_arrays, future_regressor_values, train_series
 from mm_platform.lake import Lake
 
@@ -158,10 +157,10 @@ def training_rows(raw: DataFrame, cfg: DatasetConfig, run_date: date) -> DataFra
 
 # -- the Arrow build of a local lake's training sets ------------------------------------------
 #
-# Spark SQL's build (scan, shuffle, sort, partitioned write) cost ~8 core-s per million rows
-# plus 5-13 core-s of JVM class loading, code generation and JIT in each new session; the same
-# work in pyarrow inside Spark's Python workers (which training starts anyway) costs about a
-# third per row and almost nothing fixed. Spark still schedules the tasks.
+# Spark SQL's build (scan, shuffle, sort, partitioned write) cost ~2.2 core-s per million rows
+# plus 4-5 core-s of JVM class loading, code generation and JIT in each new session; the same
+# work in pyarrow inside Spark's Python workers (which training starts anyway) costs a third
+# per row and little that is fixed. Spark still schedules the tasks.
 
 
 def _raw_schema(files: list[str]):
@@ -197,10 +196,9 @@ def _training_table(table, cfg: DatasetConfig, run_date: date):
     import pyarrow.compute as pc
 
     cols = cfg.columns
+    # Dates become midnight; a zoned timestamp becomes its UTC wall time, as Spark's cast does
+    # in the session time zone (UTC).
     ds = pc.cast(table[cols.date], pa.timestamp("us"), safe=False)
-    # Spark compares (and casts) in the session time zone, UTC: a zoned timestamp keeps its instant.
-    if getattr(ds.type, "tz", None):
-        ds = pc.cast(ds, pa.timestamp("us"))
     keep = pc.less_equal(ds, pa.scalar(pd.Timestamp(run_date).to_pydatetime(), pa.timestamp("us")))
     table, ds = table.filter(keep), ds.filter(keep)
     parts = []
@@ -307,7 +305,6 @@ def _build_local(spark: SparkSession, lake: Lake, cfg: DatasetConfig, run_date: 
                       .mapInPandas(sort, "rows long, series long").collect()]
         os.makedirs(f"{staging}/out", exist_ok=True)
         open(f"{staging}/out/_SUCCESS", "wb").close()
-        fault_point("training_sets.before_swap")  # new set complete, not yet in place
         # Two renames: a crash between them leaves no set for the run date (a rebuild makes it
         # again from the raw table), never a mix of old and new files.
         old = f"{staging}/old"

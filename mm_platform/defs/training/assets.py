@@ -16,7 +16,8 @@ from mm_platform.spark_jobs import build_training_sets
     group_name="training",
     kinds={"spark", "parquet"},
     description="Groups the lake data by the partition keys into per-series training sets (Parquet, bucketed "
-    "and sorted by series so one series is read without scanning all).",
+    "and sorted by series so one series is read without scanning all). On a local or shared-volume lake Spark "
+    "tasks split the raw files by bucket and sort each bucket with pyarrow; the new set replaces the old in a rename.",
 )
 def training_sets(
     context: dg.AssetExecutionContext, dataset: DatasetResource, lake: LakeResource, pyspark: PySparkResource
