@@ -107,6 +107,7 @@ class TreeMeter:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> last seen user+system
+        self.kind: dict[tuple[int, float], str] = {}  # (pid, create_time) -> driver | jvm | python_workers
         self.peak_rss = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -123,7 +124,10 @@ class TreeMeter:
             for p in procs:
                 try:
                     t = p.cpu_times()
-                    self.cpu[(p.pid, p.create_time())] = t.user + t.system
+                    key = (p.pid, p.create_time())
+                    self.cpu[key] = t.user + t.system
+                    # (named on every sample: the JVM's launcher script execs java in the same process)
+                    self.kind[key] = "driver" if p.pid == self.root.pid else "jvm" if p.name() == "java" else "python_workers"
                     rss += p.memory_info().rss
                 except psutil.Error:
                     continue
@@ -133,6 +137,19 @@ class TreeMeter:
         self.sample()
         with self._lock:
             return sum(self.cpu.values())
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        """CPU so far per kind of process: the driver (Python), the JVM, Spark's Python workers."""
+        self.sample()
+        out: dict[str, float] = {}
+        with self._lock:
+            for key, cpu in self.cpu.items():
+                out[self.kind.get(key, "other")] = out.get(self.kind.get(key, "other"), 0.0) + cpu
+        return out
+
+    def processes(self, kind: str) -> int:
+        with self._lock:
+            return sum(1 for k in self.kind.values() if k == kind)
 
     def reset_peak(self) -> None:
         with self._lock:
@@ -156,6 +173,8 @@ def run_measured(args: list[str], env: dict) -> dict:
     stages: dict[str, float] = {}  # core-s between the previous marker and each "stage <name>" marker
     result: dict = {}
     stderr_tail: list[str] = []
+    kinds_at_start: dict[str, float] = {}
+    by_kind: dict[str, float] = {}
 
     def drain():
         for line in proc.stderr:
@@ -168,6 +187,11 @@ def run_measured(args: list[str], env: dict) -> dict:
             name = line[len(MARK) :].strip()
             if name == "start":
                 meter.reset_peak()
+                kinds_at_start = meter.cpu_by_kind()
+            if name == "end":
+                kinds = meter.cpu_by_kind()
+                by_kind = {k: round(v - kinds_at_start.get(k, 0.0), 2) for k, v in sorted(kinds.items())}
+                by_kind["python_worker_processes"] = meter.processes("python_workers")
             now = (time.perf_counter(), meter.total_cpu())
             if name.startswith("stage ") and marks:
                 stages[name.removeprefix("stage ")] = round(now[1] - max(marks.values())[1], 2)
@@ -181,7 +205,7 @@ def run_measured(args: list[str], env: dict) -> dict:
     wall = marks["end"][0] - marks["start"][0]
     cpu = marks["end"][1] - marks["start"][1]
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(meter.peak_rss / 2**20, 1),
-            **({"stages_cpu_s": stages} if stages else {}), **result}
+            **({"stages_cpu_s": stages} if stages else {}), "cpu_s_by_process": by_kind, **result}
 
 
 # -- workers (run in their own process) ------------------------------------------------------------

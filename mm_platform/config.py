@@ -184,6 +184,10 @@ class SparkConfig(_Strict):
     master: str = "local[*]"
     conf: dict[str, str] = Field(default_factory=dict)
     shuffle_partitions: int = Field(4, ge=1)
+    # Python workers fork from a daemon that has already imported pandas, pyarrow, Prophet and
+    # the forecasting code (mm_platform.spark_daemon): paid once per session, not per worker.
+    # Needs mm_platform installed where the executors run (as in docker/); false uses Spark's own daemon.
+    preload_worker_modules: bool = True
 
 
 class StorageConfig(_Strict):

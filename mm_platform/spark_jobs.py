@@ -44,6 +44,8 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
         "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
         "spark.executorEnv.OMP_NUM_THREADS": "1",
     }
+    if spark.preload_worker_modules:
+        conf["spark.python.daemon.module"] = "mm_platform.spark_daemon"
     if spark.master.startswith("sc://"):
         conf["spark.remote"] = spark.master
     else:
@@ -56,6 +58,11 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
         conf["spark.pyspark.python"] = sys.executable
         conf["spark.pyspark.driver.python"] = sys.executable
         conf["spark.driver.memory"] = os.environ.get("MM_SPARK_DRIVER_MEMORY", "2g")
+        if spark.master.startswith("local"):
+            # In local mode the driver JVM is the executor, and on a local lake it only schedules
+            # Python tasks and passes small Arrow batches: C2 compilation cost ~2 core-s a session
+            # (4 at 10,000 series) for code that never runs long enough to repay it.
+            conf["spark.driver.extraJavaOptions"] += " -XX:TieredStopAtLevel=1"
     conf.update(spark.conf)
     return conf
 
@@ -63,7 +70,7 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
 def get_session(spark: SparkConfig) -> SparkSession:
     connect = spark.master.startswith("sc://")
     # Settings a Spark Connect client cannot change (the server's own launch sets them).
-    server_side = ("spark.master", "spark.ui.", "spark.driver.", "spark.pyspark.", "spark.executor.")
+    server_side = ("spark.master", "spark.ui.", "spark.driver.", "spark.pyspark.", "spark.executor.", "spark.python.")
     builder = SparkSession.builder
     for k, v in spark_conf(spark).items():
         if connect and k.startswith(server_side):

@@ -1,0 +1,58 @@
+"""Spark's Python workers fork from mm_platform's preloading daemon (spark.python.daemon.module),
+and the session settings that go with it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from mm_platform.config import SparkConfig
+from mm_platform.spark_daemon import PRELOAD
+from mm_platform.spark_jobs import spark_conf
+
+
+def _worker_and_daemon(batches):
+    """In a Spark Python worker: its parent's command line and whether the parent (the daemon)
+    has scipy's L-BFGS-B extension mapped, i.e. imported scipy.optimize before forking."""
+    import os
+
+    ppid = os.getppid()
+    with open(f"/proc/{ppid}/cmdline", "rb") as f:
+        cmdline = f.read().replace(b"\0", b" ").decode()
+    with open(f"/proc/{ppid}/maps") as f:
+        lbfgsb = any("_lbfgsb" in line for line in f)
+    for _ in batches:
+        yield pd.DataFrame({"daemon": [cmdline], "lbfgsb_in_daemon": [lbfgsb]})
+
+
+def test_workers_fork_from_a_daemon_that_imported_the_forecasting_stack(spark):
+    rows = spark.range(0, 2, 1, 2).mapInPandas(_worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean").collect()
+    assert rows
+    for row in rows:
+        assert "mm_platform.spark_daemon" in row.daemon
+        assert row.lbfgsb_in_daemon, "the daemon did not import scipy.optimize before forking its workers"
+
+
+def test_preload_imports_every_module_and_prints_nothing_on_stdout():
+    # The daemon's stdout carries its port number to the JVM: one stray byte breaks the session.
+    code = "from mm_platform.spark_daemon import preload; import sys; sys.stderr.write(repr(preload()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.endswith("[]"), done.stderr[-500:]
+    assert "prophet" in PRELOAD and "mm_platform.spark_jobs" in PRELOAD
+
+
+def test_preloading_and_the_c1_jvm_are_settings():
+    local = spark_conf(SparkConfig(master="local[2]"))
+    assert local["spark.python.daemon.module"] == "mm_platform.spark_daemon"
+    assert "-XX:TieredStopAtLevel=1" in local["spark.driver.extraJavaOptions"]
+    off = spark_conf(SparkConfig(master="local[2]", preload_worker_modules=False))
+    assert "spark.python.daemon.module" not in off
+    cluster = spark_conf(SparkConfig(master="spark://host:7077"))
+    assert "TieredStopAtLevel" not in cluster["spark.driver.extraJavaOptions"]
+    # A configured value wins.
+    own = spark_conf(SparkConfig(master="local[2]", conf={"spark.driver.extraJavaOptions": "-Xss4m"}))
+    assert own["spark.driver.extraJavaOptions"] == "-Xss4m"
