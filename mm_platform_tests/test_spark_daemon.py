@@ -37,11 +37,18 @@ def test_workers_fork_from_a_daemon_that_imported_the_forecasting_stack(spark):
 
 def test_preload_imports_every_module_and_prints_nothing_on_stdout():
     # The daemon's stdout carries its port number to the JVM: one stray byte breaks the session.
-    code = "from mm_platform.spark_daemon import preload; import sys; sys.stderr.write(repr(preload()))"
+    # Prophet comes without matplotlib and plotly (its plotting helpers), which stay importable.
+    code = (
+        "from mm_platform.spark_daemon import preload; import sys; failed = preload(); "
+        "sys.stderr.write(repr((failed, 'matplotlib' in sys.modules, 'plotly' in sys.modules))); "
+        "import prophet.plot; assert prophet.plot.MonthLocator().__class__.__module__ == 'matplotlib.dates'; "
+        "fig = prophet.plot.plt.figure(); assert type(fig).__name__ == 'Figure'; "
+        "assert prophet.plot.go.Scatter.__module__.startswith('plotly')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
-    assert done.stderr.endswith("[]"), done.stderr[-500:]
+    assert done.stderr.endswith("([], False, False)"), done.stderr[-500:]
     assert "prophet" in PRELOAD and "mm_platform.spark_jobs" in PRELOAD
 
 
@@ -56,3 +63,24 @@ def test_preloading_and_the_c1_jvm_are_settings():
     # A configured value wins.
     own = spark_conf(SparkConfig(master="local[2]", conf={"spark.driver.extraJavaOptions": "-Xss4m"}))
     assert own["spark.driver.extraJavaOptions"] == "-Xss4m"
+
+
+def test_prophet_plots_still_work_after_the_preload():
+    # The preload imports Prophet without matplotlib and plotly; its plots must still work in a task.
+    code = """
+from mm_platform.spark_daemon import preload
+assert preload() == []
+import logging; logging.getLogger("cmdstanpy").disabled = True
+import matplotlib; matplotlib.use("Agg")
+import pandas as pd
+from prophet import Prophet
+from prophet.plot import plot_forecast_component_plotly
+history = pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=60), "y": [float(i % 7) for i in range(60)]})
+m = Prophet(uncertainty_samples=0).fit(history)
+fc = m.predict(m.make_future_dataframe(periods=7))
+assert type(m.plot(fc)).__name__ == "Figure"
+assert type(m.plot_components(fc)).__name__ == "Figure"
+assert type(plot_forecast_component_plotly(m, fc, "trend")).__name__ == "Figure"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
