@@ -160,6 +160,12 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_jvm_archive(args) -> int:
+    from mm_platform import jvm_archive
+
+    return jvm_archive.main(["--force"] if args.force else [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm-platform", description="Many models at scale: train, promote, score, serve.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -189,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config")
     t.add_argument("--run-date", type=_date, help="the training run to repair (default: the newest)")
     t.set_defaults(func=cmd_retrain)
+
+    j = sub.add_parser("jvm-archive", help="make the class archive local Spark sessions start from (make install runs it)")
+    j.add_argument("--force", action="store_true", help="make it again even if it exists")
+    j.set_defaults(func=cmd_jvm_archive)
 
     rb = sub.add_parser("rollback", help="point series back at an earlier production model version")
     rb.add_argument("--series", nargs="+", required=True, metavar="SERIES_ID", help="series ids such as store=3,item=17")

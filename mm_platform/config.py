@@ -188,6 +188,9 @@ class SparkConfig(_Strict):
     # the forecasting code (mm_platform.spark_daemon): paid once per session, not per worker.
     # Needs mm_platform installed where the executors run (as in docker/); false uses Spark's own daemon.
     preload_worker_modules: bool = True
+    # Local sessions map the JVM class archive made by `mm-platform jvm-archive` when it exists
+    # (mm_platform.jvm_archive): half the JVM's start-up CPU and wall time.
+    jvm_class_archive: bool = True
 
 
 class StorageConfig(_Strict):

@@ -63,8 +63,20 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
             # Python tasks and passes small Arrow batches: C2 compilation cost ~2 core-s a session
             # (4 at 10,000 series) for code that never runs long enough to repay it.
             conf["spark.driver.extraJavaOptions"] += " -XX:TieredStopAtLevel=1"
+            conf["spark.driver.extraJavaOptions"] += _class_archive_option(spark)
     conf.update(spark.conf)
     return conf
+
+
+def _class_archive_option(spark: SparkConfig) -> str:
+    """The JVM option for the class-data-sharing archive (mm_platform.jvm_archive): record it
+    when ``mm-platform jvm-archive`` asks, map it when it exists, else nothing."""
+    from mm_platform import jvm_archive
+
+    if os.environ.get("MM_JVM_ARCHIVE_RECORD"):
+        return f" -XX:ArchiveClassesAtExit={os.environ['MM_JVM_ARCHIVE_RECORD']}"
+    archive = jvm_archive.existing_archive() if spark.jvm_class_archive else None
+    return f" -XX:SharedArchiveFile={archive}" if archive else ""
 
 
 def get_session(spark: SparkConfig) -> SparkSession:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from mm_platform.config import SparkConfig
 from mm_platform.spark_daemon import PRELOAD
@@ -73,6 +74,7 @@ assert preload() == []
 import logging; logging.getLogger("cmdstanpy").disabled = True
 import matplotlib; matplotlib.use("Agg")
 import pandas as pd
+import pytest
 from prophet import Prophet
 from prophet.plot import plot_forecast_component_plotly
 history = pd.DataFrame({"ds": pd.date_range("2024-01-01", periods=60), "y": [float(i % 7) for i in range(60)]})
@@ -84,3 +86,47 @@ assert type(plot_forecast_component_plotly(m, fc, "trend")).__name__ == "Figure"
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_local_session_maps_the_jvm_class_archive(spark):
+    from mm_platform import jvm_archive
+
+    archive = jvm_archive.existing_archive()
+    if archive is None:
+        pytest.skip("no JVM class archive: `make install` (mm-platform jvm-archive) makes it")
+    jvm = spark.sparkContext._jvm
+    pid = jvm.java.lang.ProcessHandle.current().pid()
+    with open(f"/proc/{pid}/maps") as f:
+        assert any(str(archive) in line for line in f), f"the session's JVM did not map {archive}"
+
+
+def test_the_archive_option_follows_the_setting_and_the_file(tmp_path, monkeypatch):
+    from mm_platform import jvm_archive
+
+    monkeypatch.setenv("MM_JVM_ARCHIVE_DIR", str(tmp_path))
+    path = jvm_archive.archive_path()
+    assert path.parent == tmp_path and path.name.startswith("spark-")
+    assert "SharedArchiveFile" not in spark_conf(SparkConfig(master="local[2]"))["spark.driver.extraJavaOptions"]
+    path.write_bytes(b"x")
+    assert f"-XX:SharedArchiveFile={path}" in spark_conf(SparkConfig(master="local[2]"))["spark.driver.extraJavaOptions"]
+    off = spark_conf(SparkConfig(master="local[2]", jvm_class_archive=False))
+    assert "SharedArchiveFile" not in off["spark.driver.extraJavaOptions"]
+    assert "SharedArchiveFile" not in spark_conf(SparkConfig(master="spark://h:7077"))["spark.driver.extraJavaOptions"]
+
+
+def test_a_failed_recording_leaves_no_archive(tmp_path, monkeypatch):
+    # A java that cannot start Spark: the recording fails, and nothing is put in place (a
+    # truncated archive would crash every JVM that maps it).
+    from mm_platform import jvm_archive
+
+    fake = tmp_path / "jdk" / "bin"
+    fake.mkdir(parents=True)
+    (fake / "java").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "java").chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    monkeypatch.setenv("MM_JVM_ARCHIVE_DIR", str(tmp_path / "cache"))
+    path = jvm_archive.archive_path()
+    with pytest.raises(RuntimeError, match="recording the JVM class archive failed"):
+        jvm_archive.build(timeout=120)
+    assert not path.exists()
+    assert not any((tmp_path / "cache").iterdir())

@@ -1,0 +1,127 @@
+"""A class-data-sharing archive of the classes a local Spark session loads (JDK AppCDS).
+
+A new local session's JVM parses and verifies some 15,000 Spark, Arrow and Scala classes,
+≈ 12 core-s and 11 s before the first job, and more during the first Python job. Mapped from
+an archive made once per Java and pyspark install, the same start takes about half of that
+(measured with ``mm-platform bench train``). ``mm-platform jvm-archive`` makes it (``make
+install`` runs it); local sessions use it when it exists (``spark.jvm_class_archive``).
+
+The archive is keyed by the Java binary and the pyspark jars, so an upgrade of either makes a
+new one instead of loading a stale one; it is written to a temporary name and renamed into
+place only after a JVM has started from it, since a truncated archive crashes the JVM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def java_binary() -> Path | None:
+    """The java that spark-submit runs: ``$JAVA_HOME/bin/java``, else java on PATH."""
+    java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else shutil.which("java")
+    return Path(java).resolve() if java and Path(java).exists() else None
+
+
+def _spark_jars() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "jars"
+
+
+def archive_path() -> Path | None:
+    """Where this Java and pyspark's archive lives (whether or not it exists yet); None without java."""
+    java = java_binary()
+    if java is None:
+        return None
+    import pyspark
+
+    key = hashlib.sha256()
+    st = java.stat()
+    key.update(f"{java}:{st.st_size}:{st.st_mtime_ns}:{pyspark.__version__}\n".encode())
+    for jar in sorted(_spark_jars().glob("*.jar")):
+        key.update(f"{jar.name}:{jar.stat().st_size}\n".encode())
+    root = Path(os.environ.get("MM_JVM_ARCHIVE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mm_platform")
+    return root / f"spark-{pyspark.__version__}-{key.hexdigest()[:16]}.jsa"
+
+
+def existing_archive() -> Path | None:
+    path = archive_path()
+    return path if path is not None and path.is_file() else None
+
+
+def _record() -> None:
+    """Run in a child process: a local session with ``-XX:ArchiveClassesAtExit`` (set by the
+    caller through ``MM_JVM_ARCHIVE_RECORD``) does what a pipeline run does, in small (Arrow
+    Python tasks, Parquet, pandas both ways), then stops its JVM so the archive is written."""
+    import pandas as pd
+
+    from mm_platform.config import SparkConfig
+    from mm_platform.spark_jobs import get_session
+
+    spark = get_session(SparkConfig(master="local[2]", shuffle_partitions=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        df = spark.createDataFrame(pd.DataFrame({"k": [1, 2, 3], "ds": pd.date_range("2024-01-01", periods=3), "y": [1.0, 2.0, 3.0]}))
+        df.write.mode("overwrite").parquet(f"{tmp}/t")
+        back = spark.read.parquet(f"{tmp}/t")
+        back.groupBy("k").applyInPandas(lambda p: p, back.schema).toPandas()
+        spark.range(0, 4, 1, 2).mapInPandas(lambda it: it, "id long").collect()
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    spark.stop()
+    proc = getattr(gateway, "proc", None)
+    gateway.shutdown()
+    if proc is not None:
+        proc.stdin.close()  # the JVM exits when its stdin closes, and writes the archive then
+        proc.wait(timeout=300)
+
+
+def build(path: Path | None = None, timeout: float = 600) -> Path:
+    """Make the archive (a child process records it), check a JVM starts from it, then move it
+    into place; returns its path."""
+    path = path or archive_path()
+    if path is None:
+        raise RuntimeError("no java found (JAVA_HOME or PATH): Spark needs Java 17 or newer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    env = {**os.environ, "MM_JVM_ARCHIVE_RECORD": str(tmp)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "mm_platform.jvm_archive", "--record"], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+            raise RuntimeError(f"recording the JVM class archive failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        check = subprocess.run([str(java_binary()), f"-XX:SharedArchiveFile={tmp}", "-Xshare:auto", "-version"],
+                               capture_output=True, text=True, timeout=120)
+        if check.returncode != 0:
+            raise RuntimeError(f"a JVM did not start from the recorded class archive {tmp}: {check.stdout[-500:]}{check.stderr[-500:]}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # Archives of earlier Java or pyspark installs are dead weight (~160 MB each).
+    for old in path.parent.glob("spark-*.jsa"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--record"]:
+        _record()
+        return 0
+    existing = existing_archive()
+    if existing is not None and "--force" not in argv:
+        print(f"JVM class archive: {existing} (exists)")
+        return 0
+    print(f"JVM class archive: {build()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
