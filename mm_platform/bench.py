@@ -39,7 +39,14 @@ MARK = "@@mark "
 WARM_UP = "warm-up"  # folder of the warm-up dataset (--warm-session): as many other series as the timed run
 
 
-def bench_config(home: Path, horizon: int, algorithm: str = "prophet", shuffle_partitions: int = 8) -> Path:
+# --plain-session: Spark's own session defaults instead of mm_platform's session tuning
+# (the preloading Python daemon, the JVM class archive, the C1-only local JVM).
+PLAIN_SESSION = {"preload_worker_modules": False, "jvm_class_archive": False,
+                 "conf": {"spark.driver.extraJavaOptions": "-Dlog4j2.level=ERROR"}}
+
+
+def bench_config(home: Path, horizon: int, algorithm: str = "prophet", shuffle_partitions: int = 8,
+                 plain_session: bool = False) -> Path:
     cfg = {
         "name": "bench",
         "source": {"url": f"sqlite:///{home}/source.db", "table": "sales"},
@@ -51,7 +58,7 @@ def bench_config(home: Path, horizon: int, algorithm: str = "prophet", shuffle_p
         "algorithm": {"name": algorithm},
         # Benchmarks promote everything that trained: scoring measures scoring, not the rules.
         "promotion": {"max_wape": None, "beats_seasonal_naive": False, "not_worse_than_production": False},
-        "spark": {"master": "local[*]", "shuffle_partitions": shuffle_partitions},
+        "spark": {"master": "local[*]", "shuffle_partitions": shuffle_partitions, **(PLAIN_SESSION if plain_session else {})},
         "storage": StorageConfig.embedded(home),
     }
     path = home / "bench.yaml"
@@ -107,7 +114,9 @@ class TreeMeter:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> last seen user+system
-        self.kind: dict[tuple[int, float], str] = {}  # (pid, create_time) -> driver | jvm | python_workers
+        # (pid, create_time) -> driver | jvm | workers (Spark's Python daemon and workers, and
+        # what they start, such as the baseline's cmdstan processes)
+        self.kind: dict[tuple[int, float], str] = {}
         self.peak_rss = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -127,7 +136,7 @@ class TreeMeter:
                     key = (p.pid, p.create_time())
                     self.cpu[key] = t.user + t.system
                     # (named on every sample: the JVM's launcher script execs java in the same process)
-                    self.kind[key] = "driver" if p.pid == self.root.pid else "jvm" if p.name() == "java" else "python_workers"
+                    self.kind[key] = "driver" if p.pid == self.root.pid else "jvm" if p.name() == "java" else "workers"
                     rss += p.memory_info().rss
                 except psutil.Error:
                     continue
@@ -139,7 +148,7 @@ class TreeMeter:
             return sum(self.cpu.values())
 
     def cpu_by_kind(self) -> dict[str, float]:
-        """CPU so far per kind of process: the driver (Python), the JVM, Spark's Python workers."""
+        """CPU so far per kind of process: the driver (Python), the JVM, the workers."""
         self.sample()
         out: dict[str, float] = {}
         with self._lock:
@@ -191,7 +200,7 @@ def run_measured(args: list[str], env: dict) -> dict:
             if name == "end":
                 kinds = meter.cpu_by_kind()
                 by_kind = {k: round(v - kinds_at_start.get(k, 0.0), 2) for k, v in sorted(kinds.items())}
-                by_kind["python_worker_processes"] = meter.processes("python_workers")
+                by_kind["worker_processes"] = meter.processes("workers")
             now = (time.perf_counter(), meter.total_cpu())
             if name.startswith("stage ") and marks:
                 stages[name.removeprefix("stage ")] = round(now[1] - max(marks.values())[1], 2)
@@ -412,7 +421,7 @@ def cmd_bench(args) -> int:
     home = Path(args.home or tempfile.mkdtemp(prefix="mm-bench-")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MM_HOME": str(home)}
-    bench_config(home, args.horizon, args.algorithm)
+    bench_config(home, args.horizon, args.algorithm, plain_session=args.plain_session)
     baseline_n = args.baseline_series or args.series
     steps = ["generate", "ours", "baseline"] + (["daily"] if args.changed_fraction else []) if args.task == "train" else ["generate", "setup", "ours", "baseline-setup", "baseline"]
     bar = tqdm(total=len(steps), disable=args.json or not sys.stderr.isatty(), desc=f"bench {args.task}")
@@ -427,13 +436,21 @@ def cmd_bench(args) -> int:
     bar.update()
     report: dict = {"task": args.task, "series": args.series, "days": args.days, "rows": rows, "horizon": args.horizon,
                     "cores": os.cpu_count(), "generate_s": round(gen_s, 1), "home": str(home)}
+    if args.plain_session:
+        report["spark_session"] = "plain: Spark's defaults"
+    else:
+        from mm_platform.jvm_archive import existing_archive
+
+        archive = existing_archive()
+        report["spark_session"] = "tuned: preloading Python daemon, C1 JVM, " + (
+            f"class archive {archive}" if archive else "no class archive (run mm-platform jvm-archive)")
     worker_args = ["--home", str(home)]
     create_stores(home)
     if args.warm_session:
         if args.task != "train":
             raise ValueError("--warm-session applies to bench train")
         (home / WARM_UP).mkdir(exist_ok=True)
-        bench_config(home / WARM_UP, args.horizon, args.algorithm)
+        bench_config(home / WARM_UP, args.horizon, args.algorithm, plain_session=args.plain_session)
         generate_into_lake(home / WARM_UP, args.series, args.days, args.seed + 1)
         create_stores(home / WARM_UP)
         worker_args.append("--warm")
@@ -492,6 +509,9 @@ def add_commands(sub) -> None:
     b.add_argument("--warm-session", action="store_true",
                    help="train: time a second run in a warm Spark session (as on a long-running cluster): "
                         "each side first runs once, untimed, on as many other series")
+    b.add_argument("--plain-session", action="store_true",
+                   help="both sides on Spark's own session defaults: no preloading Python daemon, no JVM class "
+                        "archive, C2 JIT (what mm_platform's session tuning buys)")
     b.add_argument("--home", help="working folder (default: a new temp folder)")
     b.add_argument("--json", action="store_true", help="one JSON line, no progress bar")
     b.set_defaults(func=cmd_bench)

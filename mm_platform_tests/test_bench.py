@@ -1,0 +1,28 @@
+"""The training benchmark command runs end to end on a tiny input (its numbers are not asserted:
+benchmarks print numbers, tests do not time anything)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plain", [False, True])
+def test_bench_train_reports_both_sides_with_cpu_by_process(tmp_path, plain):
+    cmd = [sys.executable, "-m", "mm_platform.cli", "bench", "train", "--series", "3", "--days", "200",
+           "--baseline-series", "2", "--home", str(tmp_path / "bench"), "--json", *(["--plain-session"] if plain else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["spark_session"].startswith("plain" if plain else "tuned")
+    assert report["ours"]["trained"] == 3 and report["ours"]["registered"] == 3
+    assert report["baseline"]["series"] == 2
+    for side in ("ours", "baseline"):
+        by = report[side]["cpu_s_by_process"]
+        assert by["worker_processes"] >= 1
+        # The split covers the whole measured CPU (sampling may differ by a little).
+        assert sum(v for k, v in by.items() if k != "worker_processes") == pytest.approx(report[side]["cpu_s"], abs=0.5)
