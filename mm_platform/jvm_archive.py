@@ -103,10 +103,8 @@ def build(path: Path | None = None, timeout: float = 600) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    # Archives of earlier Java or pyspark installs are dead weight (~160 MB each).
-    for old in path.parent.glob("spark-*.jsa"):
-        if old != path:
-            old.unlink(missing_ok=True)
+    # Archives of other Java or pyspark installs stay: another project may still use them
+    # (the folder is a cache: deleting it only makes sessions start without an archive).
     return path
 
 
