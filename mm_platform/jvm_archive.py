@@ -96,8 +96,10 @@ def build(path: Path | None = None, timeout: float = 600) -> Path:
                               capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
             raise RuntimeError(f"recording the JVM class archive failed (exit {done.returncode}): {done.stderr[-2000:]}")
-        check = subprocess.run([str(java_binary()), f"-XX:SharedArchiveFile={tmp}", "-Xshare:auto", "-version"],
-                               capture_output=True, text=True, timeout=120)
+        # (in a scratch folder: a JVM that crashes on a bad archive writes hs_err_pid*.log where it runs)
+        with tempfile.TemporaryDirectory() as scratch:
+            check = subprocess.run([str(java_binary()), f"-XX:SharedArchiveFile={tmp}", "-Xshare:auto", "-version"],
+                                   capture_output=True, text=True, timeout=120, cwd=scratch)
         if check.returncode != 0:
             raise RuntimeError(f"a JVM did not start from the recorded class archive {tmp}: {check.stdout[-500:]}{check.stderr[-500:]}")
         os.replace(tmp, path)
