@@ -6,9 +6,10 @@ an archive made once per Java and pyspark install, the same start takes about ha
 (measured with ``mm-platform bench train``). ``mm-platform jvm-archive`` makes it (``make
 install`` runs it); local sessions use it when it exists (``spark.jvm_class_archive``).
 
-The archive is keyed by the Java binary and the pyspark jars, so an upgrade of either makes a
-new one instead of loading a stale one; it is written to a temporary name and renamed into
-place only after a JVM has started from it, since a truncated archive crashes the JVM.
+The archive is keyed by the Java binary and the pyspark jars (path, size, mtime), so an upgrade
+of either, or another checkout, makes a new one instead of loading a stale one; it is written
+to a temporary name and renamed into place only after a JVM has started from it, since a
+truncated archive crashes the JVM.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ def archive_path() -> Path | None:
     key = hashlib.sha256()
     st = java.stat()
     key.update(f"{java}:{st.st_size}:{st.st_mtime_ns}:{pyspark.__version__}\n".encode())
-    for jar in sorted(_spark_jars().glob("*.jar")):
-        key.update(f"{jar.name}:{jar.stat().st_size}\n".encode())
+    # The JVM checks each classpath jar's path, size and mtime against the archive and silently
+    # ignores a mismatched archive, so another checkout (another .venv) needs its own archive.
+    for jar in sorted(_spark_jars().resolve().glob("*.jar")):
+        st = jar.stat()
+        key.update(f"{jar}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     root = Path(os.environ.get("MM_JVM_ARCHIVE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mm_platform")
     return root / f"spark-{pyspark.__version__}-{key.hexdigest()[:16]}.jsa"
 

@@ -3,6 +3,7 @@ and the session settings that go with it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -130,3 +131,24 @@ def test_a_failed_recording_leaves_no_archive(tmp_path, monkeypatch):
         jvm_archive.build(timeout=120)
     assert not path.exists()
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_the_archive_key_follows_the_jars_path_and_mtime(tmp_path, monkeypatch):
+    # The JVM ignores an archive recorded with jars at another path or with other mtimes
+    # (another checkout's .venv), so such jars must get their own archive.
+    from mm_platform import jvm_archive
+
+    monkeypatch.setenv("MM_JVM_ARCHIVE_DIR", str(tmp_path / "cache"))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "spark-core.jar").write_bytes(b"jar bytes")
+    os.utime(tmp_path / "b" / "spark-core.jar", ns=(1_000_000_000, 1_000_000_000))
+    os.utime(tmp_path / "a" / "spark-core.jar", ns=(1_000_000_000, 1_000_000_000))
+    monkeypatch.setattr(jvm_archive, "_spark_jars", lambda: tmp_path / "a")
+    first = jvm_archive.archive_path()
+    assert jvm_archive.archive_path() == first
+    monkeypatch.setattr(jvm_archive, "_spark_jars", lambda: tmp_path / "b")
+    assert jvm_archive.archive_path() != first
+    monkeypatch.setattr(jvm_archive, "_spark_jars", lambda: tmp_path / "a")
+    os.utime(tmp_path / "a" / "spark-core.jar", ns=(2_000_000_000, 2_000_000_000))
+    assert jvm_archive.archive_path() != first
