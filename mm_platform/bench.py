@@ -291,14 +291,19 @@ def worker(argv: list[str]) -> None:
         from mm_platform.scoring import score_and_write
         from mm_platform.warehouse import Warehouse
 
+        if a.warm:
+            # A session that has already scored once (a long-running cluster that ran
+            # yesterday's job): the same code path on the warm-up dataset's other series.
+            wcfg = load_config(home / WARM_UP / "bench.yaml")
+            score_and_write(spark, Lake(wcfg.storage.lake_url), wcfg, RUN_DATE, production_registry(wcfg),
+                            Warehouse(wcfg.storage.warehouse_url, wcfg.name, wcfg.keys), "warm-up")
         _mark("start")
         o = score_and_write(spark, lake, cfg, RUN_DATE, production_registry(cfg),
                             Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys), "bench")
         _mark("end")
         out = {"series": o.scored, "rows": o.rows_written, "failed": o.failed}
     elif a.role in ("baseline-train", "baseline-fit-models", "baseline-score"):
-        warm_lake = Lake(load_config(home / WARM_UP / "bench.yaml").storage.lake_url) if a.warm else None
-        out = _baseline(spark, lake, cfg, a.role, a.series, home, warm_lake=warm_lake)
+        out = _baseline(spark, lake, cfg, a.role, a.series, home, warm_home=home / WARM_UP if a.warm else None)
     else:
         raise SystemExit(f"unknown bench role {a.role}")
     print(json.dumps(out), flush=True)
@@ -333,10 +338,11 @@ def _subset(spark, lake, cfg, n: int):
     return df.select("store", "item", F.col("date").alias("ds"), F.col("units").alias("y"))
 
 
-def _baseline(spark, lake, cfg, role: str, n: int, home: Path, warm_lake=None) -> dict:
+def _baseline(spark, lake, cfg, role: str, n: int, home: Path, warm_home: Path | None = None) -> dict:
     """The Databricks accelerator's approach: a default Prophet per series, fitted and
     predicted with its default uncertainty intervals, no registry, no metrics.
-    ``warm_lake``: first run the training job untimed on as many series of that lake (a warm session)."""
+    ``warm_home``: first run the same job untimed on as many series of that bench home's data
+    (a warm session)."""
     from pyspark.sql import types as T
 
     horizon = cfg.horizon
@@ -387,7 +393,11 @@ def _baseline(spark, lake, cfg, role: str, n: int, home: Path, warm_lake=None) -
     data = _subset(spark, lake, cfg, n)
     models_path = str(home / "baseline_models")
     if role == "baseline-train":
-        if warm_lake is not None:
+        if warm_home is not None:
+            from mm_platform.config import load_config
+            from mm_platform.lake import Lake
+
+            warm_lake = Lake(load_config(warm_home / "bench.yaml").storage.lake_url)
             _subset(spark, warm_lake, cfg, n).groupBy("store", "item").applyInPandas(
                 forecast_store_item, forecast_schema).write.format("noop").mode("overwrite").save()
         _mark("start")
@@ -400,9 +410,15 @@ def _baseline(spark, lake, cfg, role: str, n: int, home: Path, warm_lake=None) -
         data.groupBy("store", "item").applyInPandas(fit_to_json, schema).write.mode("overwrite").parquet(models_path)
         _mark("end")
         return {}
+    def score(path: str) -> None:
+        spark.read.parquet(path).repartition(max(2, os.cpu_count() or 2)).groupBy("store", "item").applyInPandas(
+            predict_from_json, forecast_schema).write.format("noop").mode("overwrite").save()
+
     models = spark.read.parquet(models_path)
+    if warm_home is not None:
+        score(str(warm_home / "baseline_models"))
     _mark("start")
-    models.repartition(max(2, os.cpu_count() or 2)).groupBy("store", "item").applyInPandas(predict_from_json, forecast_schema).write.format("noop").mode("overwrite").save()
+    score(models_path)
     _mark("end")
     return {"series": models.count()}
 
@@ -447,8 +463,6 @@ def cmd_bench(args) -> int:
     worker_args = ["--home", str(home)]
     create_stores(home)
     if args.warm_session:
-        if args.task != "train":
-            raise ValueError("--warm-session applies to bench train")
         (home / WARM_UP).mkdir(exist_ok=True)
         bench_config(home / WARM_UP, args.horizon, args.algorithm, plain_session=args.plain_session)
         generate_into_lake(home / WARM_UP, args.series, args.days, args.seed + 1)
@@ -472,14 +486,20 @@ def cmd_bench(args) -> int:
         bar.update()
     else:
         step("setup")
-        report["setup_train"] = run_measured(["worker", "ours-train", *worker_args], env)
-        report["setup_promote"] = run_measured(["worker", "promote-all", *worker_args], env)
+        # Set-up (untimed): train and promote every series, and the warm-up dataset's too.
+        setup_homes = [home] + ([home / WARM_UP] if args.warm_session else [])
+        for h in setup_homes:
+            trained = run_measured(["worker", "ours-train", "--home", str(h)], env)
+            promoted = run_measured(["worker", "promote-all", "--home", str(h)], env)
+            if h == home:
+                report["setup_train"], report["setup_promote"] = trained, promoted
         bar.update()
         step("ours")
         ours = _side(run_measured(["worker", "ours-score", *worker_args], env), args.series)
         bar.update()
         step("baseline-setup")
-        run_measured(["worker", "baseline-fit-models", *worker_args, "--series", str(baseline_n)], env)
+        for h in setup_homes:
+            run_measured(["worker", "baseline-fit-models", "--home", str(h), "--series", str(baseline_n)], env)
         bar.update()
         step("baseline")
         base = _side(run_measured(["worker", "baseline-score", *worker_args, "--series", str(baseline_n)], env), baseline_n)
@@ -507,8 +527,8 @@ def add_commands(sub) -> None:
     b.add_argument("--changed-fraction", type=float, default=0.0,
                    help="train: also time a daily retrain after this share of series changed (e.g. 0.05)")
     b.add_argument("--warm-session", action="store_true",
-                   help="train: time a second run in a warm Spark session (as on a long-running cluster): "
-                        "each side first runs once, untimed, on as many other series")
+                   help="time a second run in a warm Spark session (as on a long-running cluster): "
+                        "each side first runs the same job once, untimed, on as many other series")
     b.add_argument("--plain-session", action="store_true",
                    help="both sides on Spark's own session defaults: no preloading Python daemon, no JVM class "
                         "archive, C2 JIT (what mm_platform's session tuning buys)")

@@ -26,3 +26,16 @@ def test_bench_train_reports_both_sides_with_cpu_by_process(tmp_path, plain):
         assert by["worker_processes"] >= 1
         # The split covers the whole measured CPU (sampling may differ by a little).
         assert sum(v for k, v in by.items() if k != "worker_processes") == pytest.approx(report[side]["cpu_s"], abs=0.5)
+
+
+@pytest.mark.slow
+def test_bench_score_in_a_warm_session_scores_the_timed_series(tmp_path):
+    cmd = [sys.executable, "-m", "mm_platform.cli", "bench", "score", "--series", "3", "--days", "200",
+           "--baseline-series", "2", "--warm-session", "--home", str(tmp_path / "bench"), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["session"].startswith("warm")
+    # The timed part scored the bench's own series, not (only) the warm-up dataset's.
+    assert report["ours"]["series"] == 3 and report["ours"]["rows"] == 3 * report["horizon"]
+    assert report["baseline"]["series"] == 2
