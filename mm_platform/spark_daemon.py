@@ -16,6 +16,7 @@ no other thread exists at fork. ``spark.preload_worker_modules: false`` turns th
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -119,6 +120,11 @@ def preload() -> list[str]:
 
 if __name__ == "__main__":
     preload()
+    # The preloaded modules' objects live as long as the daemon: out of the collector's reach
+    # (gc.freeze), a worker's full collections neither walk them nor write to their pages,
+    # which would copy those shared pages into every forked worker.
+    gc.collect()
+    gc.freeze()
     from pyspark.daemon import manager
 
     manager()

@@ -25,16 +25,20 @@ def _worker_and_daemon(batches):
         cmdline = f.read().replace(b"\0", b" ").decode()
     with open(f"/proc/{ppid}/maps") as f:
         lbfgsb = any("_lbfgsb" in line for line in f)
+    import gc
+
     for _ in batches:
-        yield pd.DataFrame({"daemon": [cmdline], "lbfgsb_in_daemon": [lbfgsb]})
+        yield pd.DataFrame({"daemon": [cmdline], "lbfgsb_in_daemon": [lbfgsb], "frozen": [gc.get_freeze_count()]})
 
 
 def test_workers_fork_from_a_daemon_that_imported_the_forecasting_stack(spark):
-    rows = spark.range(0, 2, 1, 2).mapInPandas(_worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean").collect()
+    rows = spark.range(0, 2, 1, 2).mapInPandas(_worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean, frozen long").collect()
     assert rows
     for row in rows:
         assert "mm_platform.spark_daemon" in row.daemon
         assert row.lbfgsb_in_daemon, "the daemon did not import scipy.optimize before forking its workers"
+        # The preloaded objects were frozen out of the collector's reach before forking.
+        assert row.frozen > 50_000, row.frozen
 
 
 def test_preload_imports_every_module_and_prints_nothing_on_stdout():
