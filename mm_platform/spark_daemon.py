@@ -96,6 +96,33 @@ def _without_plotting():
                     setattr(plot, name, _LazyName(module, attr))
 
 
+def drop_installed_pyspark_zips() -> list[str]:
+    """Take off ``sys.path`` the zips Spark puts first on the workers' PYTHONPATH
+    (``pyspark/python/lib/pyspark.zip``, ``py4j-*.zip``) when they lie inside the installed
+    pyspark package itself (pip's layout: the same files), so pyspark is imported from that
+    package. From the zip, Python compiles every pyspark module from source (no .pyc is written
+    for zips: ≈ 1 core-s more per session), and each of the zip's ~18 package importers re-reads
+    its 1,485-entry directory when a worker's first task puts Spark's files folder on sys.path
+    (``importlib.invalidate_caches``). Returns the entries removed."""
+    import site
+
+    site_dirs = {os.path.realpath(p) for p in (*site.getsitepackages(), site.getusersitepackages())}
+    dropped = []
+    for entry in list(sys.path):
+        if not entry.endswith(".zip"):
+            continue
+        lib = os.path.dirname(os.path.realpath(entry))  # .../pyspark/python/lib
+        package = os.path.dirname(os.path.dirname(lib))  # .../pyspark
+        name = os.path.basename(entry)
+        module = "pyspark" if name == "pyspark.zip" else "py4j" if name.startswith("py4j-") else None
+        installed = os.path.join(os.path.dirname(package), module or "", "__init__.py")
+        if (module and os.path.basename(package) == "pyspark" and os.path.isfile(os.path.join(package, "__init__.py"))
+                and os.path.dirname(package) in site_dirs and os.path.isfile(installed)):
+            sys.path.remove(entry)
+            dropped.append(entry)
+    return dropped
+
+
 def preload() -> list[str]:
     """Import ``PRELOAD``; return the modules that failed (a worker then imports what it needs
     itself, and reports the error where it happens). The daemon's stdout carries its port to
@@ -119,6 +146,7 @@ def preload() -> list[str]:
 
 
 if __name__ == "__main__":
+    drop_installed_pyspark_zips()
     preload()
     # The preloaded modules' objects live as long as the daemon: out of the collector's reach
     # (gc.freeze), a worker's full collections neither walk them nor write to their pages,

@@ -27,18 +27,25 @@ def _worker_and_daemon(batches):
         lbfgsb = any("_lbfgsb" in line for line in f)
     import gc
 
+    import pyspark
+
     for _ in batches:
-        yield pd.DataFrame({"daemon": [cmdline], "lbfgsb_in_daemon": [lbfgsb], "frozen": [gc.get_freeze_count()]})
+        yield pd.DataFrame({"daemon": [cmdline], "lbfgsb_in_daemon": [lbfgsb], "frozen": [gc.get_freeze_count()],
+                            "pyspark_file": [pyspark.__file__]})
 
 
 def test_workers_fork_from_a_daemon_that_imported_the_forecasting_stack(spark):
-    rows = spark.range(0, 2, 1, 2).mapInPandas(_worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean, frozen long").collect()
+    rows = spark.range(0, 2, 1, 2).mapInPandas(
+        _worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean, frozen long, pyspark_file string").collect()
     assert rows
     for row in rows:
         assert "mm_platform.spark_daemon" in row.daemon
         assert row.lbfgsb_in_daemon, "the daemon did not import scipy.optimize before forking its workers"
         # The preloaded objects were frozen out of the collector's reach before forking.
         assert row.frozen > 50_000, row.frozen
+        # pyspark came from its installed package (compiled .pyc), not from the pyspark.zip
+        # Spark puts first on the workers' PYTHONPATH.
+        assert ".zip" not in row.pyspark_file, row.pyspark_file
 
 
 def test_preload_imports_every_module_and_prints_nothing_on_stdout():
@@ -156,3 +163,17 @@ def test_the_archive_key_follows_the_jars_path_and_mtime(tmp_path, monkeypatch):
     monkeypatch.setattr(jvm_archive, "_spark_jars", lambda: tmp_path / "a")
     os.utime(tmp_path / "a" / "spark-core.jar", ns=(2_000_000_000, 2_000_000_000))
     assert jvm_archive.archive_path() != first
+
+
+def test_only_the_installed_pyspark_s_own_zips_leave_sys_path(monkeypatch, tmp_path):
+    import pyspark
+
+    from mm_platform.spark_daemon import drop_installed_pyspark_zips
+
+    lib = os.path.join(os.path.dirname(pyspark.__file__), "python", "lib")
+    own = [os.path.join(lib, "pyspark.zip"), *[os.path.join(lib, f) for f in os.listdir(lib) if f.startswith("py4j-")]]
+    # A Spark distribution's zip (SPARK_HOME/python/lib) may differ from the installed package: it stays.
+    other = str(tmp_path / "spark-3.5" / "python" / "lib" / "pyspark.zip")
+    monkeypatch.setattr(sys, "path", [*own, other, *sys.path])
+    assert sorted(drop_installed_pyspark_zips()) == sorted(own)
+    assert other in sys.path and not set(own) & set(sys.path)
