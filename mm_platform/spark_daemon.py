@@ -106,18 +106,16 @@ def drop_installed_pyspark_zips() -> list[str]:
     (``importlib.invalidate_caches``). Returns the entries removed."""
     import site
 
-    site_dirs = {os.path.realpath(p) for p in (*site.getsitepackages(), site.getusersitepackages())}
+    # pip's layout: <site-packages>/pyspark/python/lib/{pyspark.zip, py4j-*.zip} beside the
+    # installed <site-packages>/pyspark and <site-packages>/py4j.
+    libs = {os.path.realpath(os.path.join(d, "pyspark", "python", "lib")): d
+            for d in (*site.getsitepackages(), site.getusersitepackages())}
     dropped = []
     for entry in list(sys.path):
-        if not entry.endswith(".zip"):
-            continue
-        lib = os.path.dirname(os.path.realpath(entry))  # .../pyspark/python/lib
-        package = os.path.dirname(os.path.dirname(lib))  # .../pyspark
         name = os.path.basename(entry)
-        module = "pyspark" if name == "pyspark.zip" else "py4j" if name.startswith("py4j-") else None
-        installed = os.path.join(os.path.dirname(package), module or "", "__init__.py")
-        if (module and os.path.basename(package) == "pyspark" and os.path.isfile(os.path.join(package, "__init__.py"))
-                and os.path.dirname(package) in site_dirs and os.path.isfile(installed)):
+        module = "pyspark" if name == "pyspark.zip" else "py4j" if name.startswith("py4j-") and name.endswith(".zip") else None
+        site_dir = libs.get(os.path.dirname(os.path.realpath(entry))) if module else None
+        if site_dir and os.path.isfile(os.path.join(site_dir, module, "__init__.py")):
             sys.path.remove(entry)
             dropped.append(entry)
     return dropped
