@@ -249,7 +249,7 @@ def worker(argv: list[str]) -> None:
     cfg = load_config(home / "bench.yaml")
     lake = Lake(cfg.storage.lake_url)
     spark = get_session(cfg.spark)
-    spark.range(4).count()  # JVM and Python workers warm before the timed part
+    spark.range(4).count()  # the JVM up before the timed part (Python's daemon and workers start inside it)
     out: dict = {}
     if a.role in ("ours-train", "ours-retrain"):
         from mm_platform.pipeline import train_and_register, training_registry

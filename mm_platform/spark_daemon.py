@@ -96,28 +96,42 @@ def _without_plotting():
                     setattr(plot, name, _LazyName(module, attr))
 
 
-def drop_installed_pyspark_zips() -> list[str]:
-    """Take off ``sys.path`` the zips Spark puts first on the workers' PYTHONPATH
-    (``pyspark/python/lib/pyspark.zip``, ``py4j-*.zip``) when they lie inside the installed
-    pyspark package itself (pip's layout: the same files), so pyspark is imported from that
-    package. From the zip, Python compiles every pyspark module from source (no .pyc is written
-    for zips: ≈ 1 core-s more per session), and each of the zip's ~18 package importers re-reads
-    its 1,485-entry directory when a worker's first task puts Spark's files folder on sys.path
-    (``importlib.invalidate_caches``). Returns the entries removed."""
+def drop_installed_pyspark_archives() -> list[str]:
+    """Take off ``sys.path`` the archives Spark puts on the workers' PYTHONPATH when they lie
+    inside the installed pyspark package itself (pip's layout), so pyspark and py4j are
+    imported from that package:
+
+    - ``pyspark/python/lib/pyspark.zip`` and ``py4j-*.zip``, copies of the installed
+      ``pyspark`` and ``py4j`` packages. From a zip, Python compiles every module from source
+      (no .pyc is written for zips: ≈ 1 core-s more per session).
+    - ``pyspark/jars/spark-core_*.jar`` (Spark adds the jar of its own Python runner, for
+      Python files packed into an assembly jar; pip's jars hold none).
+
+    Python 3.11's ``importlib.invalidate_caches``, called by each worker's first task when it
+    puts Spark's files folder on sys.path, re-reads the directory of every zip it has an
+    importer for (1,485 entries for pyspark.zip, 5,973 for the jar: ≈ 0.04 core-s per worker),
+    so the archives' cached importers go too. Returns the entries removed."""
     import site
 
-    # pip's layout: <site-packages>/pyspark/python/lib/{pyspark.zip, py4j-*.zip} beside the
-    # installed <site-packages>/pyspark and <site-packages>/py4j.
-    libs = {os.path.realpath(os.path.join(d, "pyspark", "python", "lib")): d
-            for d in (*site.getsitepackages(), site.getusersitepackages())}
+    # <site-packages>/pyspark/{python/lib,jars} -> <site-packages>
+    installed = {}
+    for d in (*site.getsitepackages(), site.getusersitepackages()):
+        if os.path.isfile(os.path.join(d, "pyspark", "__init__.py")):
+            installed[os.path.realpath(os.path.join(d, "pyspark", "python", "lib"))] = d
+            installed[os.path.realpath(os.path.join(d, "pyspark", "jars"))] = d
     dropped = []
     for entry in list(sys.path):
         name = os.path.basename(entry)
-        module = "pyspark" if name == "pyspark.zip" else "py4j" if name.startswith("py4j-") and name.endswith(".zip") else None
-        site_dir = libs.get(os.path.dirname(os.path.realpath(entry))) if module else None
-        if site_dir and os.path.isfile(os.path.join(site_dir, module, "__init__.py")):
+        site_dir = installed.get(os.path.dirname(os.path.realpath(entry)))
+        if site_dir is None:
+            continue
+        if name == "pyspark.zip" or name.endswith(".jar") or (
+            name.startswith("py4j-") and name.endswith(".zip") and os.path.isfile(os.path.join(site_dir, "py4j", "__init__.py"))
+        ):
             sys.path.remove(entry)
             dropped.append(entry)
+    for key in [k for k in sys.path_importer_cache if any(k == e or k.startswith(e + os.sep) for e in dropped)]:
+        del sys.path_importer_cache[key]
     return dropped
 
 
@@ -144,7 +158,7 @@ def preload() -> list[str]:
 
 
 if __name__ == "__main__":
-    drop_installed_pyspark_zips()
+    drop_installed_pyspark_archives()
     preload()
     # The preloaded modules' objects live as long as the daemon: out of the collector's reach
     # (gc.freeze), a worker's full collections neither walk them nor write to their pages,

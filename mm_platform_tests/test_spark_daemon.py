@@ -26,17 +26,19 @@ def _worker_and_daemon(batches):
     with open(f"/proc/{ppid}/maps") as f:
         lbfgsb = any("_lbfgsb" in line for line in f)
     import gc
+    import sys
 
     import pyspark
 
+    zip_importers = ",".join(k for k, v in sys.path_importer_cache.items() if type(v).__name__ == "zipimporter")
     for _ in batches:
         yield pd.DataFrame({"daemon": [cmdline], "lbfgsb_in_daemon": [lbfgsb], "frozen": [gc.get_freeze_count()],
-                            "pyspark_file": [pyspark.__file__]})
+                            "pyspark_file": [pyspark.__file__], "zip_importers": [zip_importers]})
 
 
 def test_workers_fork_from_a_daemon_that_imported_the_forecasting_stack(spark):
     rows = spark.range(0, 2, 1, 2).mapInPandas(
-        _worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean, frozen long, pyspark_file string").collect()
+        _worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean, frozen long, pyspark_file string, zip_importers string").collect()
     assert rows
     for row in rows:
         assert "mm_platform.spark_daemon" in row.daemon
@@ -46,6 +48,8 @@ def test_workers_fork_from_a_daemon_that_imported_the_forecasting_stack(spark):
         # pyspark came from its installed package (compiled .pyc), not from the pyspark.zip
         # Spark puts first on the workers' PYTHONPATH.
         assert ".zip" not in row.pyspark_file, row.pyspark_file
+        # ... and no importer of its zips or jars stays cached (each worker's first task would re-read it).
+        assert os.sep + os.path.join("pyspark", "") not in row.zip_importers, row.zip_importers
 
 
 def test_preload_imports_every_module_and_prints_nothing_on_stdout():
@@ -165,15 +169,24 @@ def test_the_archive_key_follows_the_jars_path_and_mtime(tmp_path, monkeypatch):
     assert jvm_archive.archive_path() != first
 
 
-def test_only_the_installed_pyspark_s_own_zips_leave_sys_path(monkeypatch, tmp_path):
+def test_only_the_installed_pyspark_s_own_archives_leave_sys_path(monkeypatch, tmp_path):
+    import zipimport
+
     import pyspark
 
-    from mm_platform.spark_daemon import drop_installed_pyspark_zips
+    from mm_platform.spark_daemon import drop_installed_pyspark_archives
 
-    lib = os.path.join(os.path.dirname(pyspark.__file__), "python", "lib")
-    own = [os.path.join(lib, "pyspark.zip"), *[os.path.join(lib, f) for f in os.listdir(lib) if f.startswith("py4j-")]]
+    root = os.path.dirname(pyspark.__file__)
+    lib = os.path.join(root, "python", "lib")
+    jar = next(os.path.join(root, "jars", f) for f in os.listdir(os.path.join(root, "jars")) if f.startswith("spark-core"))
+    own = [os.path.join(lib, "pyspark.zip"), *[os.path.join(lib, f) for f in os.listdir(lib) if f.startswith("py4j-")], jar]
     # A Spark distribution's zip (SPARK_HOME/python/lib) may differ from the installed package: it stays.
     other = str(tmp_path / "spark-3.5" / "python" / "lib" / "pyspark.zip")
     monkeypatch.setattr(sys, "path", [*own, other, *sys.path])
-    assert sorted(drop_installed_pyspark_zips()) == sorted(own)
+    cache = {**sys.path_importer_cache, jar: zipimport.zipimporter(jar), jar + os.sep + "org": None, other: None}
+    monkeypatch.setattr(sys, "path_importer_cache", cache)
+    assert sorted(drop_installed_pyspark_archives()) == sorted(own)
     assert other in sys.path and not set(own) & set(sys.path)
+    # Their cached importers went too (invalidate_caches would re-read each zip's directory).
+    assert other in sys.path_importer_cache
+    assert not [k for k in sys.path_importer_cache if k.startswith(lib) or k.startswith(jar)]
