@@ -107,6 +107,17 @@ def create_stores(home: Path) -> None:
 # -- measuring a process tree ---------------------------------------------------------------------
 
 
+def process_kind(name: str, cmdline: list[str]) -> str:
+    """``jvm`` for Spark's JVM and the shell scripts that launch it (spark-submit, spark-class),
+    else ``workers``: Spark's Python daemon and workers, and what they start (such as the
+    baseline's cmdstan processes)."""
+    if name == "java":
+        return "jvm"
+    if name in ("bash", "sh", "dash", "env") and any(a.endswith(("/spark-submit", "/spark-class")) for a in cmdline):
+        return "jvm"
+    return "workers"
+
+
 class TreeMeter:
     """Samples CPU time and RSS of a process and all its descendants."""
 
@@ -136,7 +147,7 @@ class TreeMeter:
                     key = (p.pid, p.create_time())
                     self.cpu[key] = t.user + t.system
                     # (named on every sample: the JVM's launcher script execs java in the same process)
-                    self.kind[key] = "driver" if p.pid == self.root.pid else "jvm" if p.name() == "java" else "workers"
+                    self.kind[key] = "driver" if p.pid == self.root.pid else process_kind(p.name(), p.cmdline())
                     rss += p.memory_info().rss
                 except psutil.Error:
                     continue
