@@ -111,9 +111,7 @@ def process_kind(name: str, cmdline: list[str]) -> str:
     """``jvm`` for Spark's JVM and the shell scripts that launch it (spark-submit, spark-class),
     else ``workers``: Spark's Python daemon and workers, and what they start (such as the
     baseline's cmdstan processes)."""
-    if name == "java":
-        return "jvm"
-    if name in ("bash", "sh", "dash", "env") and any(a.endswith(("/spark-submit", "/spark-class")) for a in cmdline):
+    if name == "java" or any(a.endswith(("/spark-submit", "/spark-class")) for a in cmdline):
         return "jvm"
     return "workers"
 
