@@ -7,7 +7,7 @@ export MM_HOME ?= $(CURDIR)/.mm_home
 export DAGSTER_HOME ?= $(MM_HOME)/dagster
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow dev mlflow-ui lint clean
+.PHONY: install demo test test-slow dev mlflow-ui lint clean bench-train bench-score bench-serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MM_HOME)/mlflow/training.db --port 5000 & \
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(MM_HOME)/mlflow/production.db --port 5001
+
+# Benchmarks (numbers side by side with a baseline, not tests): BENCH_ARGS passes options through,
+# e.g. make bench-train BENCH_ARGS="--series 1000 --days 4000 --baseline-series 50 --json".
+BENCH_ARGS ?= --series 1000 --days 1000 --baseline-series 50
+bench-train bench-score: install
+	$(PY) -m benchmarks $(@:bench-%=%) $(BENCH_ARGS)
+
+bench-serve: install
+	$(PY) -m benchmarks serve $(BENCH_ARGS_SERVE)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -214,14 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMAND_MODULES: list[str] = ["mm_platform.bench", "mm_platform.dashboard.cli", "mm_platform.serving.cli", "mm_platform.evaluate"]
+COMMAND_MODULES: list[str] = ["mm_platform.dashboard.cli", "mm_platform.serving.cli", "mm_platform.evaluate"]
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["bench", "serve"]:  # `bench serve` is the serving benchmark, `bench-serve`
-        argv = ["bench-serve", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

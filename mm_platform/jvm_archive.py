@@ -3,7 +3,7 @@
 A new local session's JVM parses and verifies thousands of Spark, Arrow and Scala classes:
 ≈ 12 core-s and 11 s before the first job, and more during the first Python jobs. Mapped from
 an archive made once per Java and pyspark install, the same start takes about half of that
-(measured with ``mm-platform bench train``). ``mm-platform jvm-archive`` makes it (``make
+(measured with ``python -m benchmarks train``). ``mm-platform jvm-archive`` makes it (``make
 install`` runs it); local sessions use it when it exists (``spark.jvm_class_archive``).
 
 The archive is keyed by the Java binary and the pyspark jars (path, size, mtime), so an upgrade

@@ -26,7 +26,7 @@ from mm_platform.pipeline import production_registry
 from mm_platform.registry import model_name
 from mm_platform.serving.cache import ENTRY_OVERHEAD
 from mm_platform.serving.model import PreparedModel, deep_sizeof
-from mm_platform.serving.seeding import fast_sqlite_writes, production_tags, register_production
+from benchmarks.seeding import fast_sqlite_writes, production_tags, register_production
 from mm_platform_tests.conftest import write_config
 
 TOKEN = "serving-test-token"
@@ -474,12 +474,3 @@ def test_metrics_endpoint(servers):
                  "mm_serving_cache_bytes", "mm_serving_model_load_seconds_bucket"):
         assert name in text
     assert re.search(r'mm_serving_request_seconds_count\{method="POST",route="/v1/forecast",status="200"\} [1-9]', text)
-
-
-def test_bench_serve_is_also_reachable_as_bench_serve_subcommand(capsys):
-    from mm_platform.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "serve", "--help"])
-    assert exit_info.value.code == 0
-    assert "usage: mm-platform bench-serve" in capsys.readouterr().out

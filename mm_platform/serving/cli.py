@@ -1,9 +1,8 @@
-"""``mm-platform serve`` and ``mm-platform bench-serve``."""
+"""``mm-platform serve``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
@@ -69,18 +68,6 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_bench_serve(args) -> int:
-    from mm_platform.serving.bench import run_bench
-
-    result = run_bench(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
-    return 0 if result.get("ok", True) else 1
-
-
 def add_commands(sub) -> None:
     s = sub.add_parser("serve", help="serve real-time forecasts from the production registry (FastAPI + uvicorn)")
     s.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
@@ -94,25 +81,3 @@ def add_commands(sub) -> None:
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     s.set_defaults(func=cmd_serve)
-
-    b = sub.add_parser("bench-serve", help="benchmark the real-time service on generated production models (127.0.0.1 only)")
-    b.add_argument("--models", type=_positive, help="production models to build (default 1000; 10000 with --cycle)")
-    b.add_argument("--requests", type=_positive,
-                   help="warm requests, Zipf-distributed over the models (default 20000; with wrk, the Zipf sequence it cycles through); "
-                        "with --cycle: requests cycling over the models (default: one pass)")
-    b.add_argument("--concurrency", type=_positive, default=32, help="requests in flight (default 32)")
-    b.add_argument("--cold-concurrency", type=_positive, default=4, help="requests in flight while measuring cold loads (default 4)")
-    b.add_argument("--zipf", type=_positive_float, default=1.1, help="Zipf exponent of the series popularity (default 1.1)")
-    b.add_argument("--horizon", type=_positive, default=28)
-    b.add_argument("--loadgen", choices=["auto", "wrk", "httpx"], default="auto",
-                   help="client for the warm phase: wrk if installed (auto), else the async httpx load generator")
-    b.add_argument("--duration", type=_positive_float, default=20.0,
-                   help="seconds of warm load when wrk drives it (wrk runs for a time, not a request count; default 20)")
-    b.add_argument("--family", choices=["prophet", "seasonal_naive"], default="prophet", help="model family (default prophet)")
-    b.add_argument("--cycle", action="store_true",
-                   help="instead: cycle through all models with a small cache to show memory stays bounded")
-    add_cache_options(b, bench=True)
-    b.add_argument("--workdir", help="where the generated registry is built and reused (default $MM_HOME/bench-serve)")
-    b.add_argument("--fresh", action="store_true", help="rebuild the generated registry even if one exists")
-    b.add_argument("--json", action="store_true", help="print one JSON line")
-    b.set_defaults(func=cmd_bench_serve)

@@ -1,6 +1,6 @@
 """Benchmarks (commands that print numbers; never timed tests).
 
-``mm-platform bench train|score --series N --days D [--baseline-series M] [--json]`` generates
+``python -m benchmarks train|score --series N --days D [--baseline-series M] [--json]`` generates
 data into a fresh lake (untimed), then runs, each in its own process tree, mm_platform's real
 code path and the standard approach of the Databricks fine-grained demand forecasting
 accelerator (plain ``groupBy().applyInPandas()`` with a default Prophet per series), on the
@@ -31,6 +31,7 @@ from mm_platform.config import StorageConfig
 RUN_DATE = date(2025, 12, 31)
 ITEMS_PER_STORE = 100
 MARK = "@@mark "
+REPO_ROOT = str(Path(__file__).resolve().parents[1])  # the worker runs as `python -m benchmarks.train_score`
 
 
 # -- configuration and data ---------------------------------------------------------------------
@@ -184,7 +185,8 @@ class TreeMeter:
 def run_measured(args: list[str], env: dict) -> dict:
     """Run a bench worker; measure wall and tree CPU between its start and end markers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mm_platform.bench", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "benchmarks.train_score", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))}
     )
     meter = TreeMeter(proc.pid)
     marks: dict[str, tuple[float, float]] = {}
@@ -524,9 +526,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks: ours versus the standard applyInPandas+Prophet approach")
-    b.add_argument("task", choices=["train", "score"])
+def add_arguments(b) -> None:
+    """The options of ``python -m benchmarks train|score``."""
     b.add_argument("--series", type=int, default=1000)
     b.add_argument("--days", type=int, default=1000)
     b.add_argument("--baseline-series", type=int, default=0, help="run the baseline on this many of the series")
@@ -543,7 +544,6 @@ def add_commands(sub) -> None:
                         "archive, C2 JIT (what mm_platform's session tuning buys)")
     b.add_argument("--home", help="working folder (default: a new temp folder)")
     b.add_argument("--json", action="store_true", help="one JSON line, no progress bar")
-    b.set_defaults(func=cmd_bench)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The training benchmark command runs end to end on a tiny input (its numbers are not asserted:
+"""The benchmark commands (``python -m benchmarks``, outside the installed package) run end to end on a tiny input (its numbers are not asserted:
 benchmarks print numbers, tests do not time anything)."""
 
 from __future__ import annotations
@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from mm_platform.bench import process_kind
+from benchmarks.train_score import process_kind
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_spark_launcher_scripts_count_as_the_jvm_and_python_processes_as_workers():
@@ -25,9 +28,9 @@ def test_spark_launcher_scripts_count_as_the_jvm_and_python_processes_as_workers
 @pytest.mark.slow
 @pytest.mark.parametrize("plain", [False, True])
 def test_bench_train_reports_both_sides_with_cpu_by_process(tmp_path, plain):
-    cmd = [sys.executable, "-m", "mm_platform.cli", "bench", "train", "--series", "3", "--days", "200",
+    cmd = [sys.executable, "-m", "benchmarks", "train", "--series", "3", "--days", "200",
            "--baseline-series", "2", "--home", str(tmp_path / "bench"), "--json", *(["--plain-session"] if plain else [])]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["spark_session"].startswith("plain" if plain else "tuned")
@@ -42,12 +45,32 @@ def test_bench_train_reports_both_sides_with_cpu_by_process(tmp_path, plain):
 
 @pytest.mark.slow
 def test_bench_score_in_a_warm_session_scores_the_timed_series(tmp_path):
-    cmd = [sys.executable, "-m", "mm_platform.cli", "bench", "score", "--series", "3", "--days", "200",
+    cmd = [sys.executable, "-m", "benchmarks", "score", "--series", "3", "--days", "200",
            "--baseline-series", "2", "--warm-session", "--home", str(tmp_path / "bench"), "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["session"].startswith("warm")
     # The timed part scored the bench's own series, not (only) the warm-up dataset's.
     assert report["ours"]["series"] == 3 and report["ours"]["rows"] == 3 * report["horizon"]
     assert report["baseline"]["series"] == 2
+
+
+def test_benchmarks_live_outside_the_installed_package():
+    import mm_platform
+
+    package = Path(mm_platform.__file__).parent
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                 if any(word in p.read_text() for word in ("import psutil", "import httpx", "benchmarks."))]
+    assert offenders == []
+    from mm_platform.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert not {"bench", "bench-serve"} & set(commands)
+
+
+@pytest.mark.parametrize("task", ["train", "score", "serve"])
+def test_every_benchmark_has_its_command(task):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", task, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"usage: python -m benchmarks {task}" in done.stdout

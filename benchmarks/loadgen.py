@@ -2,7 +2,7 @@
 requests (httpx) to a 127.0.0.1 service, recording each request's latency, status and the
 service's ``x-model-cache`` header (hit / miss / wait).
 
-``python -m mm_platform.serving.loadgen SPEC.json`` prints one JSON object: per-phase
+``python -m benchmarks.loadgen SPEC.json`` prints one JSON object: per-phase
 latency arrays summarised, status counts, wall time and this process's CPU time.
 """
 
