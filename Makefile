@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	@# The class archive local Spark sessions start from (half the JVM's start-up; see mm_platform/jvm_archive.py).
+	@# The class archive local Spark sessions start from (half the JVM's start-up; see mm_platform/spark/jvm_archive.py).
 	$(VENV)/bin/mm-platform jvm-archive || echo "warning: no JVM class archive; Spark sessions start without it" >&2
 	touch $(STAMP)
 

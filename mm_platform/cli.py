@@ -161,7 +161,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_jvm_archive(args) -> int:
-    from mm_platform import jvm_archive
+    from mm_platform.spark import jvm_archive
 
     return jvm_archive.main(["--force"] if args.force else [])
 

@@ -185,11 +185,11 @@ class SparkConfig(_Strict):
     conf: dict[str, str] = Field(default_factory=dict)
     shuffle_partitions: int = Field(4, ge=1)
     # Python workers fork from a daemon that has already imported pandas, pyarrow, Prophet and
-    # the forecasting code (mm_platform.spark_daemon): paid once per session, not per worker.
+    # the forecasting code (mm_platform.spark.daemon): paid once per session, not per worker.
     # Needs mm_platform installed where the executors run (as in docker/); false uses Spark's own daemon.
     preload_worker_modules: bool = True
     # Local sessions map the JVM class archive made by `mm-platform jvm-archive` when it exists
-    # (mm_platform.jvm_archive): half the JVM's start-up CPU and wall time.
+    # (mm_platform.spark.jvm_archive): half the JVM's start-up CPU and wall time.
     jvm_class_archive: bool = True
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mm_platform.config import SparkConfig
-from mm_platform.spark_daemon import PRELOAD
+from mm_platform.spark.daemon import PRELOAD
 from mm_platform.spark_jobs import spark_conf
 
 
@@ -41,7 +41,7 @@ def test_workers_fork_from_a_daemon_that_imported_the_forecasting_stack(spark):
         _worker_and_daemon, "daemon string, lbfgsb_in_daemon boolean, frozen long, pyspark_file string, zip_importers string").collect()
     assert rows
     for row in rows:
-        assert "mm_platform.spark_daemon" in row.daemon
+        assert "mm_platform.spark.daemon" in row.daemon
         assert row.lbfgsb_in_daemon, "the daemon did not import scipy.optimize before forking its workers"
         # The preloaded objects were frozen out of the collector's reach before forking.
         assert row.frozen > 50_000, row.frozen
@@ -56,7 +56,7 @@ def test_preload_imports_every_module_and_prints_nothing_on_stdout():
     # The daemon's stdout carries its port number to the JVM: one stray byte breaks the session.
     # Prophet comes without matplotlib and plotly (its plotting helpers), which stay importable.
     code = (
-        "from mm_platform.spark_daemon import preload; import sys; failed = preload(); "
+        "from mm_platform.spark.daemon import preload; import sys; failed = preload(); "
         "sys.stderr.write(repr((failed, 'matplotlib' in sys.modules, 'plotly' in sys.modules))); "
         "import prophet.plot; assert prophet.plot.MonthLocator().__class__.__module__ == 'matplotlib.dates'; "
         "fig = prophet.plot.plt.figure(); assert type(fig).__name__ == 'Figure'; "
@@ -66,12 +66,12 @@ def test_preload_imports_every_module_and_prints_nothing_on_stdout():
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert done.stderr.endswith("([], False, False)"), done.stderr[-500:]
-    assert "prophet" in PRELOAD and "mm_platform.spark_jobs" in PRELOAD
+    assert "prophet" in PRELOAD and {"mm_platform.spark.train", "mm_platform.spark.score", "mm_platform.stores.training_sets"} <= set(PRELOAD)
 
 
 def test_preloading_and_the_c1_jvm_are_settings():
     local = spark_conf(SparkConfig(master="local[2]"))
-    assert local["spark.python.daemon.module"] == "mm_platform.spark_daemon"
+    assert local["spark.python.daemon.module"] == "mm_platform.spark.daemon"
     assert "-XX:TieredStopAtLevel=1" in local["spark.driver.extraJavaOptions"]
     off = spark_conf(SparkConfig(master="local[2]", preload_worker_modules=False))
     assert "spark.python.daemon.module" not in off
@@ -85,7 +85,7 @@ def test_preloading_and_the_c1_jvm_are_settings():
 def test_prophet_plots_still_work_after_the_preload():
     # The preload imports Prophet without matplotlib and plotly; its plots must still work in a task.
     code = """
-from mm_platform.spark_daemon import preload
+from mm_platform.spark.daemon import preload
 assert preload() == []
 import logging; logging.getLogger("cmdstanpy").disabled = True
 import matplotlib; matplotlib.use("Agg")
@@ -105,7 +105,7 @@ assert type(plot_forecast_component_plotly(m, fc, "trend")).__name__ == "Figure"
 
 
 def test_a_local_session_maps_the_jvm_class_archive(spark):
-    from mm_platform import jvm_archive
+    from mm_platform.spark import jvm_archive
 
     archive = jvm_archive.existing_archive()
     if archive is None:
@@ -117,7 +117,7 @@ def test_a_local_session_maps_the_jvm_class_archive(spark):
 
 
 def test_the_archive_option_follows_the_setting_and_the_file(tmp_path, monkeypatch):
-    from mm_platform import jvm_archive
+    from mm_platform.spark import jvm_archive
 
     monkeypatch.setenv("MM_JVM_ARCHIVE_DIR", str(tmp_path))
     path = jvm_archive.archive_path()
@@ -133,7 +133,7 @@ def test_the_archive_option_follows_the_setting_and_the_file(tmp_path, monkeypat
 def test_a_failed_recording_leaves_no_archive(tmp_path, monkeypatch):
     # A java that cannot start Spark: the recording fails, and nothing is put in place (a
     # truncated archive would crash every JVM that maps it).
-    from mm_platform import jvm_archive
+    from mm_platform.spark import jvm_archive
 
     fake = tmp_path / "jdk" / "bin"
     fake.mkdir(parents=True)
@@ -151,7 +151,7 @@ def test_a_failed_recording_leaves_no_archive(tmp_path, monkeypatch):
 def test_the_archive_key_follows_the_jars_path_and_mtime(tmp_path, monkeypatch):
     # The JVM ignores an archive recorded with jars at another path or with other mtimes
     # (another checkout's .venv), so such jars must get their own archive.
-    from mm_platform import jvm_archive
+    from mm_platform.spark import jvm_archive
 
     monkeypatch.setenv("MM_JVM_ARCHIVE_DIR", str(tmp_path / "cache"))
     for name in ("a", "b"):
@@ -174,7 +174,7 @@ def test_only_the_installed_pyspark_s_own_archives_leave_sys_path(monkeypatch, t
 
     import pyspark
 
-    from mm_platform.spark_daemon import drop_installed_pyspark_archives
+    from mm_platform.spark.daemon import drop_installed_pyspark_archives
 
     root = os.path.dirname(pyspark.__file__)
     lib = os.path.join(root, "python", "lib")

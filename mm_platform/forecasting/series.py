@@ -23,6 +23,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from mm_platform.core.vocabulary import FAILED, SKIPPED, TRAINED
 from mm_platform.forecasting.families import (
     FitContext,
     SeasonalNaive,
@@ -33,7 +34,6 @@ from mm_platform.forecasting.families import (
 )
 from mm_platform.forecasting.metrics import all_metrics, conformal_half_width, naive_scale, selection_metric
 
-TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
 AUTO = "auto"
 # Default candidates of ``family="auto"`` (every family in families.FAMILIES may be listed).
 # ETS is left out by default: on the retail data it was rarely best and cost most of auto's CPU.

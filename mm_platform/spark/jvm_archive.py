@@ -59,33 +59,6 @@ def existing_archive() -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _record() -> None:
-    """Run in a child process: a local session with ``-XX:ArchiveClassesAtExit`` (set by the
-    caller through ``MM_JVM_ARCHIVE_RECORD``) does what a pipeline run does, in small (Arrow
-    Python tasks, Parquet, pandas both ways), then stops its JVM so the archive is written."""
-    import pandas as pd
-
-    from mm_platform.config import SparkConfig
-    from mm_platform.spark_jobs import get_session
-
-    spark = get_session(SparkConfig(master="local[2]", shuffle_partitions=2))
-    with tempfile.TemporaryDirectory() as tmp:
-        df = spark.createDataFrame(pd.DataFrame({"k": [1, 2, 3], "ds": pd.date_range("2024-01-01", periods=3), "y": [1.0, 2.0, 3.0]}))
-        df.write.mode("overwrite").parquet(f"{tmp}/t")
-        back = spark.read.parquet(f"{tmp}/t")
-        back.groupBy("k").applyInPandas(lambda p: p, back.schema).toPandas()
-        spark.range(0, 4, 1, 2).mapInPandas(lambda it: it, "id long").collect()
-    from pyspark import SparkContext
-
-    gateway = SparkContext._gateway
-    spark.stop()
-    proc = getattr(gateway, "proc", None)
-    gateway.shutdown()
-    if proc is not None:
-        proc.stdin.close()  # the JVM exits when its stdin closes, and writes the archive then
-        proc.wait(timeout=300)
-
-
 def build(path: Path | None = None, timeout: float = 600) -> Path:
     """Make the archive (a child process records it), check a JVM starts from it, then move it
     into place; returns its path."""
@@ -96,7 +69,7 @@ def build(path: Path | None = None, timeout: float = 600) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     env = {**os.environ, "MM_JVM_ARCHIVE_RECORD": str(tmp)}
     try:
-        done = subprocess.run([sys.executable, "-m", "mm_platform.jvm_archive", "--record"], env=env,
+        done = subprocess.run([sys.executable, "-m", "mm_platform.spark.session", "--record-class-archive"], env=env,
                               capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
             raise RuntimeError(f"recording the JVM class archive failed (exit {done.returncode}): {done.stderr[-2000:]}")
@@ -116,9 +89,6 @@ def build(path: Path | None = None, timeout: float = 600) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--record"]:
-        _record()
-        return 0
     existing = existing_archive()
     if existing is not None and "--force" not in argv:
         print(f"JVM class archive: {existing} (exists)")

@@ -35,7 +35,9 @@ PRELOAD = (
     "pyspark.sql.pandas.serializers",
     "prophet",
     "mm_platform.forecasting.series",
-    "mm_platform.spark_jobs",
+    "mm_platform.spark.train",
+    "mm_platform.spark.score",
+    "mm_platform.stores.training_sets",
 )
 
 

@@ -1,0 +1,143 @@
+"""The Spark session: master or Spark Connect URL from the config, quiet Arrow-enabled
+defaults, and the tuning that makes new sessions cheap (the preloading worker daemon, the
+JVM class archive, a C1-only local JVM)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from mm_platform.config import SparkConfig
+
+logging.getLogger("py4j").setLevel(logging.WARNING)
+
+# Settings a Spark Connect client cannot change (the server's own launch sets them).
+_SERVER_SIDE = ("spark.master", "spark.ui.", "spark.driver.", "spark.pyspark.", "spark.executor.", "spark.python.")
+
+
+def is_connect(master: str) -> bool:
+    """A Spark Connect URL (``sc://host:15002``) rather than a master."""
+    return master.startswith("sc://")
+
+
+def is_local(master: str) -> bool:
+    """Local mode: the driver JVM is the only executor."""
+    return master.startswith("local")
+
+
+def spark_conf(spark: SparkConfig) -> dict[str, str]:
+    """Spark settings for dagster-pyspark's PySparkResource: master (or Connect URL) plus
+    quiet, Arrow-enabled defaults; anything in ``spark.conf`` wins."""
+    conf = {
+        "spark.app.name": "mm_platform",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        # The raw table is one file per month (132 for 11 years): list them in the driver, not
+        # with a Spark job per read (the default above 32 paths), which cost ~2.5 core-s a run.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
+        "spark.driver.extraJavaOptions": "-Dlog4j2.level=ERROR",
+        # Per-series fits use small matrices: BLAS threads only contend with Spark's own parallelism.
+        "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+        "spark.executorEnv.OMP_NUM_THREADS": "1",
+    }
+    if spark.preload_worker_modules:
+        conf["spark.python.daemon.module"] = "mm_platform.spark.daemon"
+    if is_connect(spark.master):
+        conf["spark.remote"] = spark.master
+    else:
+        conf["spark.master"] = spark.master
+        # Python workers must run this interpreter (the venv), whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # Local-mode Python workers inherit the driver's environment, not executorEnv.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        conf["spark.pyspark.python"] = sys.executable
+        conf["spark.pyspark.driver.python"] = sys.executable
+        conf["spark.driver.memory"] = os.environ.get("MM_SPARK_DRIVER_MEMORY", "2g")
+        if is_local(spark.master):
+            # In local mode the driver JVM is the executor, and on a local lake it only schedules
+            # Python tasks and passes small Arrow batches: C2 compilation cost ~2 core-s a session
+            # (4 at 10,000 series) for code that never runs long enough to repay it.
+            conf["spark.driver.extraJavaOptions"] += " -XX:TieredStopAtLevel=1"
+            conf["spark.driver.extraJavaOptions"] += _class_archive_option(spark)
+    conf.update(spark.conf)
+    return conf
+
+
+def _class_archive_option(spark: SparkConfig) -> str:
+    """The JVM option for the class-data-sharing archive (mm_platform.spark.jvm_archive): record it
+    when ``mm-platform jvm-archive`` asks, map it when it exists, else nothing."""
+    from mm_platform.spark import jvm_archive
+
+    if os.environ.get("MM_JVM_ARCHIVE_RECORD"):
+        return f" -XX:ArchiveClassesAtExit={os.environ['MM_JVM_ARCHIVE_RECORD']}"
+    archive = jvm_archive.existing_archive() if spark.jvm_class_archive else None
+    return f" -XX:SharedArchiveFile={archive}" if archive else ""
+
+
+def get_session(spark: SparkConfig) -> SparkSession:
+    connect = is_connect(spark.master)
+    builder = SparkSession.builder
+    for k, v in spark_conf(spark).items():
+        if connect and k.startswith(_SERVER_SIDE):
+            continue
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
+    if not connect:  # no SparkContext on Spark Connect
+        session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+ROWS_PER_TASK = 2_000_000
+
+
+def task_count(spark: SparkSession, items: int, rows: int) -> int:
+    """Spark tasks for ``items`` units of work (files, buckets) holding ``rows`` rows in all:
+    one per ``ROWS_PER_TASK`` rows, at least one per core, at most ``spark.sql.shuffle.partitions``
+    and ``items``. A task costs ~0.05 core-s of JVM and Python overhead, which a small input
+    would otherwise pay eight times over for work it could do in two."""
+    most = int(spark.conf.get("spark.sql.shuffle.partitions", "8"))
+    try:
+        cores = spark.sparkContext.defaultParallelism
+    except Exception:  # Spark Connect has no SparkContext: the configured partitions then
+        cores = most
+    return max(1, min(items, most, max(cores, -(-rows // ROWS_PER_TASK))))
+
+
+def record_class_archive() -> None:
+    """Run in a child process: a local session with ``-XX:ArchiveClassesAtExit`` (set by the
+    caller through ``MM_JVM_ARCHIVE_RECORD``) does what a pipeline run does, in small (Arrow
+    Python tasks, Parquet, pandas both ways), then stops its JVM so the archive is written."""
+    import tempfile
+
+    import pandas as pd
+
+    spark = get_session(SparkConfig(master="local[2]", shuffle_partitions=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        df = spark.createDataFrame(pd.DataFrame({"k": [1, 2, 3], "ds": pd.date_range("2024-01-01", periods=3), "y": [1.0, 2.0, 3.0]}))
+        df.write.mode("overwrite").parquet(f"{tmp}/t")
+        back = spark.read.parquet(f"{tmp}/t")
+        back.groupBy("k").applyInPandas(lambda p: p, back.schema).toPandas()
+        spark.range(0, 4, 1, 2).mapInPandas(lambda it: it, "id long").collect()
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    spark.stop()
+    proc = getattr(gateway, "proc", None)
+    gateway.shutdown()
+    if proc is not None:
+        proc.stdin.close()  # the JVM exits when its stdin closes, and writes the archive then
+        proc.wait(timeout=300)
+
+
+if __name__ == "__main__":
+    # ``python -m mm_platform.spark.session --record-class-archive``: the child process
+    # ``jvm_archive.build`` records the archive in.
+    if sys.argv[1:] == ["--record-class-archive"]:
+        record_class_archive()

@@ -1,0 +1,202 @@
+"""The distributed backends of training: Spark tasks that hand each series to the pure
+per-series loop (``mm_platform.forecasting.series.train_series``) and collect one result row
+per series. Two ways in, chosen by the training-set store: whole bucket folders read by
+each task (``train_buckets``), or any Spark DataFrame grouped by series (``train_grouped``)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from mm_platform.config import DatasetConfig
+from mm_platform.core.vocabulary import METRICS, UNCHANGED
+from mm_platform.forecasting.series import TrainSpec, train_series
+from mm_platform.spark.session import task_count
+
+RESULT_FIELDS = [
+    ("series_id", T.StringType()),
+    ("status", T.StringType()),
+    ("reason", T.StringType()),
+    ("n_obs", T.LongType()),
+    ("last_date", T.StringType()),
+    ("fingerprint", T.StringType()),
+    *[(m, T.DoubleType()) for m in METRICS],
+    ("fit_seconds", T.DoubleType()),
+    ("model_json", T.StringType()),
+]
+
+
+def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
+    auto = cfg.algorithm.auto
+    return TrainSpec(
+        family=family or cfg.algorithm.name,
+        freq=cfg.pandas_freq,
+        season_length=cfg.season_length,
+        holdout=cfg.holdout,
+        min_history=cfg.min_history,
+        regressors=tuple(cfg.columns.regressors),
+        prophet=cfg.algorithm.prophet.model_dump(exclude={"regressor_prior_scale"})
+        | {"regressor_prior_scale": cfg.algorithm.prophet.regressor_prior_scale},
+        interval_coverage=cfg.algorithm.interval_coverage,
+        fit_timeout_seconds=cfg.training.fit_timeout_seconds,
+        candidates=tuple(auto.candidates),
+        folds=auto.folds,
+        calibration_folds=cfg.algorithm.calibration_folds,
+        fold_length=auto.fold_length or 0,
+        metric=auto.metric,
+        tie_tolerance=auto.tie_tolerance,
+        fallback=auto.fallback,
+        interval_method=cfg.algorithm.interval_method,
+        max_horizon=cfg.horizon,
+        options={"ensemble": list(auto.ensemble)},
+    )
+
+
+def series_fingerprint(pdf: pd.DataFrame, regressors: tuple[str, ...]) -> str:
+    """The same data fingerprint train_series records, without training."""
+    from mm_platform.forecasting.series import fingerprint
+
+    history = pdf[["ds", "y", *regressors]].copy()
+    history["ds"] = pd.to_datetime(history["ds"])
+    return fingerprint(history.sort_values("ds"), ["ds", "y", *regressors]) if len(history) else ""
+
+
+def read_previous_model(ref: tuple[str, str] | None) -> dict | None:
+    """The artifact ``(source URI, sha256)`` of a series' registered model, read in a Spark
+    worker to warm-start its refit; None when it cannot be read or does not match its sha256
+    (the fit then starts cold)."""
+    if not ref:
+        return None
+    from mm_platform.stores.artifacts import read_verified
+
+    try:
+        return json.loads(read_verified(*ref))
+    except Exception:  # noqa: BLE001 - a cold start is always possible
+        return None
+
+
+def _train_row_fn(
+    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None
+):
+    """One series' result row. ``known`` maps series id -> fingerprint of its registered model: a series whose data
+    has not changed is not refitted (daily incremental retraining). ``previous`` maps series
+    id -> (artifact URI, sha256) of that model: a changed series' fit is warm-started from it."""
+    known = known or {}
+    previous = previous or {}
+
+    def train_row(pdf: pd.DataFrame) -> dict:
+        sid = pdf["series_id"].iloc[0]
+        if sid in known and series_fingerprint(pdf, spec.regressors) == known[sid]:
+            row = {k: pdf[k].iloc[0] for k in keys}
+            row |= {"series_id": sid, "status": UNCHANGED, "reason": "data unchanged since the registered model",
+                    "n_obs": int(pdf["y"].notna().sum()), "last_date": str(pd.to_datetime(pdf["ds"]).max().date()),
+                    "fingerprint": known[sid], **dict.fromkeys(METRICS), "fit_seconds": 0.0, "model_json": ""}
+            return row
+        r = train_series(pdf, spec, previous=read_previous_model(previous.get(sid)))
+        row = {k: pdf[k].iloc[0] for k in keys}
+        row |= {
+            "series_id": pdf["series_id"].iloc[0],
+            "status": r.status,
+            "reason": r.reason,
+            "n_obs": r.n_obs,
+            "last_date": r.last_date,
+            "fingerprint": r.fingerprint,
+            **{m: r.metrics.get(m) for m in METRICS},
+            "fit_seconds": r.fit_seconds,
+            "model_json": r.model_json(),
+        }
+        return row
+
+    return train_row
+
+
+def _train_group_fn(
+    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None
+):
+    """One series' result row as a DataFrame (``applyInPandas``)."""
+    train_row = _train_row_fn(spec, keys, known, previous)
+    return lambda pdf: pd.DataFrame([train_row(pdf)])
+
+
+def train_grouped(
+    training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None, known: dict[str, str] | None = None,
+    previous: dict[str, tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """One model per series of any training-set DataFrame (``groupBy(keys).applyInPandas``);
+    one result row per series.
+    Series whose fingerprint equals ``known[series_id]`` come back with status ``unchanged``;
+    the others are warm-started from ``previous[series_id]`` (artifact URI, sha256) if given."""
+    spec = spec or train_spec(cfg)
+    keys = cfg.keys
+    key_fields = [training_set.schema[k] for k in keys]
+    schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
+    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys, known, previous), schema=schema)
+    return result.toPandas()
+
+
+def _read_bucket(path: str) -> pd.DataFrame:
+    """One bucket folder of a local training set as Spark hands it to ``applyInPandas``:
+    naive UTC ``datetime64[ns]`` dates (the session time zone is UTC), rows sorted by series
+    and date as written."""
+    import pyarrow.dataset as pads
+
+    files = sorted(
+        os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet") and not f.startswith(("_", "."))
+    )
+    pdf = pads.dataset(files, format="parquet").to_table().to_pandas()
+    ds = pdf["ds"]
+    if getattr(ds.dtype, "tz", None) is not None:
+        ds = ds.dt.tz_convert("UTC").dt.tz_localize(None)
+    pdf["ds"] = ds.astype("datetime64[ns]")
+    return pdf.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)
+
+
+def _train_buckets_fn(
+    spec: TrainSpec, keys: list[str], columns: list[str], buckets: list[str], known: dict[str, str] | None,
+    previous: dict[str, tuple[str, str]] | None, only: frozenset[str] | None,
+):
+    train_row = _train_row_fn(spec, keys, known, previous)
+
+    def run(batches):
+        import numpy as np
+
+        for batch in batches:
+            for i in batch["id"]:
+                pdf = _read_bucket(buckets[int(i)])
+                if only is not None:
+                    pdf = pdf[pdf["series_id"].isin(only)].reset_index(drop=True)
+                if pdf.empty:
+                    continue
+                sid = pdf["series_id"].to_numpy()
+                starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+                ends = np.r_[starts[1:], len(sid)]
+                yield pd.DataFrame([train_row(pdf.iloc[a:b]) for a, b in zip(starts, ends, strict=True)], columns=columns)
+
+    return run
+
+
+def train_buckets(
+    spark: SparkSession, buckets: list[str], key_schema: list[tuple[str, T.DataType]], rows: int, cfg: DatasetConfig,
+    spec: TrainSpec | None = None, known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
+    only_series: list[str] | None = None,
+) -> pd.DataFrame:
+    """``train_grouped`` without its shuffle, for a training set already bucketed by series
+    (a series is in one bucket): each Spark task reads whole bucket folders (``buckets``,
+    paths its workers can open) and trains every series in them. ``key_schema``: the keys'
+    Spark types; ``rows``: the set's row count (it sets the task count). Same rows as
+    ``train_grouped``, sorted by series id."""
+    spec = spec or train_spec(cfg)
+    keys = cfg.keys
+    schema = T.StructType([T.StructField(k, t) for k, t in key_schema] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
+    if not buckets:
+        return pd.DataFrame(columns=schema.fieldNames())
+    only = frozenset(only_series) if only_series is not None else None
+    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, known, previous, only)
+    # Each task takes a contiguous run of bucket indices; as many tasks as the data needs
+    # (at most spark.sql.shuffle.partitions, as the groupBy path has).
+    result = spark.range(0, len(buckets), 1, task_count(spark, len(buckets), rows)).mapInPandas(fn, schema=schema).toPandas()
+    return result.sort_values("series_id", kind="stable").reset_index(drop=True)
