@@ -1,8 +1,6 @@
 import dagster as dg
 
-from mm_platform.defs.promotion.assets import promoted_models
-
-promotion_job = dg.define_asset_job("promotion_job", selection=[promoted_models], description="Promote qualifying models.")
+promotion_job = dg.define_asset_job("promotion_job", selection=["promoted_models"], description="Promote qualifying models.")
 
 
 @dg.asset_sensor(
@@ -14,8 +12,3 @@ promotion_job = dg.define_asset_job("promotion_job", selection=[promoted_models]
 def promote_on_new_model_set(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
     partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
     yield dg.RunRequest(run_key=f"{asset_event.run_id}:{partition}", partition_key=partition)
-
-
-@dg.definitions
-def defs() -> dg.Definitions:
-    return dg.Definitions(jobs=[promotion_job], sensors=[promote_on_new_model_set])

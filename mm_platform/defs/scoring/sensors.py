@@ -8,8 +8,3 @@ scoring_automation = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Runs batch_predictions and forecast_metrics after each new promotion.",
 )
-
-
-@dg.definitions
-def defs() -> dg.Definitions:
-    return dg.Definitions(sensors=[scoring_automation])

@@ -12,13 +12,3 @@ daily_training_job = dg.define_asset_job(
 daily_training_schedule = dg.build_schedule_from_partitioned_job(
     daily_training_job, hour_of_day=2, description="Every night: ingest yesterday's data and retrain."
 )
-
-scoring_job = dg.define_asset_job(
-    "scoring_job", selection=["batch_predictions", "forecast_metrics"], partitions_def=run_dates,
-    description="Batch scoring and BI metrics (also triggered declaratively after promotion).",
-)
-
-
-@dg.definitions
-def defs() -> dg.Definitions:
-    return dg.Definitions(jobs=[daily_training_job, scoring_job], schedules=[daily_training_schedule])
