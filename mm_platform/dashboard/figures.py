@@ -12,10 +12,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from mm_platform.core.vocabulary import PROMOTED, REJECTED, ROLLBACK
+
 OURS = "#2563eb"
 NAIVE = "#f59e0b"
 ACTUALS = "#374151"
-ACTION_COLORS = {"promoted": "#16a34a", "rejected": "#dc2626", "rollback": "#d97706"}
+ACTION_COLORS = {PROMOTED: "#16a34a", REJECTED: "#dc2626", ROLLBACK: "#d97706"}
 LABELS = {"wape": "WAPE", "mape": "MAPE", "rmse": "RMSE"}
 
 

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from mm_platform.config import DatasetConfig
+from mm_platform.core.vocabulary import METRICS
 from mm_platform.lake import Lake
 from mm_platform.sql import create_engine
 
 VIEWS = ("v_series_accuracy", "v_latest_predictions", "v_promotion_log", "v_run_summary", "v_scoring_report")
-METRICS = ("wape", "mape", "rmse", "naive_wape", "naive_mape", "naive_rmse")
 ACCURACY_COLUMNS = (
     "dataset", "run_date", "series_id", "status", "reason", "n_obs", "last_date", *METRICS,
     "fit_seconds", "algorithm", "model_name", "model_version", "registration", "training_run_id",
