@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
+import traceback
 import warnings
 from datetime import date
 
 from mm_platform.config import ConfigError, load_config
+from mm_platform.errors import USER_ERROR_METADATA_KEY, USER_ERROR_TRACEBACK_KEY, UserError, one_line
 
 
 def _quiet() -> None:
@@ -40,9 +44,10 @@ def _date(v: str) -> date:
 def cmd_generate(args) -> int:
     from tqdm import tqdm
 
-    from mm_platform.datagen import DEFAULT_END_DATE, write_sales
+    from mm_platform.datagen import DEFAULT_END_DATE, KIND_CONFIGS, write_sales
 
-    cfg = load_config(args.config) if args.config else None
+    # Without --config, the weekly kinds go where their packaged configs read them from.
+    cfg = load_config(args.config or KIND_CONFIGS[args.kind]) if args.config or args.kind != "retail_daily" else None
     url = args.source_url or (cfg.source.url if cfg else load_config().source.url)
     table = args.table or (cfg.source.table if cfg else "sales")
     if args.future_days < 0:
@@ -50,30 +55,20 @@ def cmd_generate(args) -> int:
     total = args.stores * args.items * (args.days + args.future_days)
     with tqdm(total=total, unit="rows", disable=not sys.stderr.isatty(), desc="generate") as bar:
         rows = write_sales(url, table, args.stores, args.items, args.days, args.seed, args.end_date or DEFAULT_END_DATE, bar.update,
-                           future_days=args.future_days)
-    print(json.dumps({"rows": rows, "series": args.stores * args.items, "source_url": url, "table": table}))
+                           future_days=args.future_days, kind=args.kind)
+    series = args.stores * args.items * (2 if args.kind == "weekly_multikey" else 1)  # 2 warehouses
+    print(json.dumps({"rows": rows, "series": series, "source_url": url, "table": table}))
     return 0
 
 
 def latest_source_date(cfg) -> date:
-    import sqlalchemy as sa
+    # By date semantics, ignoring unparsable dates (ingestion quarantines them): mm_platform.ingestion.
+    from mm_platform.ingestion import newest_actual_date
 
-    from mm_platform.sql import create_engine
-
-    engine = create_engine(cfg.source.url)
-    try:
-        with engine.connect() as conn:
-            # (rows past the last sale carry only planned regressor values: not history)
-            value = conn.execute(
-                sa.select(sa.func.max(sa.column(cfg.columns.date)))
-                .select_from(sa.table(cfg.source.table))
-                .where(sa.column(cfg.columns.target).is_not(None))
-            ).scalar()
-    finally:
-        engine.dispose()
+    value = newest_actual_date(cfg)
     if value is None:
         raise ConfigError(f"source table {cfg.source.table} at {cfg.source.url} is empty: run `mm-platform generate` first")
-    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+    return value
 
 
 def cmd_run(args) -> int:
@@ -86,23 +81,33 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config)
     if args.config:
         os.environ["MM_CONFIG"] = os.path.abspath(args.config)
+    # Checked before anything (home, lock, Dagster run) is created: a bad source or run date
+    # is one line and leaves no trace.
+    check_source_exists(cfg)
     run_date = args.run_date or latest_source_date(cfg)
+    check_run_date(cfg, run_date)
+    from mm_platform.home import hold_run_lock
+
+    # One run per home and dataset; held until this function returns (or the process dies).
+    home_lock = hold_run_lock(cfg, run_date, wait=getattr(args, "wait", False))  # noqa: F841
+    debug = getattr(args, "debug", False)
+    # Quiet by default: the CLI prints a failed step as one line itself, where Dagster's console
+    # logger would print it with its stack. --debug shows Dagster's full logs.
+    log_level = args.log_level or ("DEBUG" if debug else "CRITICAL")
     started = time.time()
     graph = defs()
     assets = list(graph.assets)
-    result = dg.materialize(
-        assets,
-        partition_key=str(run_date),
-        resources=build_resources(cfg, os.path.abspath(args.config) if args.config else ""),
-        instance=dg.DagsterInstance.ephemeral() if args.ephemeral else None,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-    )
+    with _jvm_output_hidden(not debug and not args.log_level):
+        result = dg.materialize(
+            assets,
+            partition_key=str(run_date),
+            resources=build_resources(cfg, os.path.abspath(args.config) if args.config else ""),
+            instance=dg.DagsterInstance.ephemeral() if args.ephemeral else None,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
     if not result.success:
-        for ev in result.all_events:
-            if ev.is_step_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):
-                print(f"step {ev.step_key} failed: {ev.event_specific_data.error.message.strip()}", file=sys.stderr)
-        return 1
+        return report_step_failures(result, debug)
 
     def meta(asset: str, key: str):
         mats = result.asset_materializations_for_node(asset)
@@ -136,6 +141,7 @@ def cmd_retrain(args) -> int:
     from mm_platform.warehouse import Warehouse
 
     cfg = load_config(args.config)
+    _require_store(cfg.storage.warehouse_url, "warehouse", "there is no training run to repair")
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     run_date, series = failed_series(wh, args.run_date)
     if not series:
@@ -153,6 +159,7 @@ def cmd_rollback(args) -> int:
     from mm_platform.warehouse import Warehouse
 
     cfg = load_config(args.config)
+    _require_store(cfg.storage.production_registry_uri, "production registry", "there is nothing to roll back")
     log = rollback(cfg, production_registry(cfg, writable=True), Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys),
                    args.series, args.to_version)
     for row in log.to_dict("records"):
@@ -166,8 +173,116 @@ def cmd_jvm_archive(args) -> int:
     return jvm_archive.main(["--force"] if args.force else [])
 
 
+def _require_store(url: str, what: str, consequence: str) -> None:
+    """A command that only reads or repairs a home must not create it: a missing SQLite store
+    is a user error (one line), not a new empty database."""
+    from mm_platform.sql import missing_sqlite_file
+
+    path = missing_sqlite_file(url)
+    if path is not None:
+        raise UserError(f"the {what} {path} does not exist: {consequence} (run `mm-platform run` first)")
+
+
+def check_source_exists(cfg) -> None:
+    """Before anything is created: the source database, table and configured columns exist."""
+    from mm_platform.sql import check_source
+
+    c = cfg.columns
+    check_source(cfg.source.url, cfg.source.table, [c.date, c.target, *c.keys, *c.regressors])
+
+
+def first_source_date(cfg) -> date | None:
+    """The oldest date with a target in the source (None if it cannot be told)."""
+    import sqlalchemy as sa
+
+    from mm_platform.sql import source_engine
+
+    engine = source_engine(cfg.source.url)
+    try:
+        with engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.min(sa.column(cfg.columns.date)))
+                .select_from(sa.table(cfg.source.table))
+                .where(sa.column(cfg.columns.target).is_not(None))
+            ).scalar()
+    finally:
+        engine.dispose()
+    if value is None or isinstance(value, date):
+        return value
+    try:  # text dates: ISO strings sort in date order; anything else is for ingestion to quarantine
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
+
+
+def check_run_date(cfg, run_date: date) -> None:
+    """A run date must be a partition and not before the source's first data (else the run
+    would fail deep inside a step with a message about the lake)."""
+    from mm_platform.defs.partitions import run_dates
+
+    first, last = run_dates.get_first_partition_key(), run_dates.get_last_partition_key()
+    if first is None or last is None or not (first <= str(run_date) <= last):
+        raise UserError(
+            f"run date {run_date} is outside the run-date partitions: {first} (the config's start_date) "
+            f"to {last} (yesterday)"
+        )
+    oldest = first_source_date(cfg)
+    if oldest is not None and run_date < oldest:
+        raise UserError(
+            f"run date {run_date} is before the first data in source table {cfg.source.table!r} ({oldest}): "
+            f"nothing to train on"
+        )
+
+
+@contextlib.contextmanager
+def _jvm_output_hidden(hide: bool):
+    """Spark's JVM writes its start-up lines straight to the process's stderr (file descriptor 2,
+    inherited at launch). Unless --debug or --log-level asks for logs, fd 2 points at an unlinked
+    temporary file while the run executes, so that a failure reaches the terminal as one line."""
+    if not hide:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def report_step_failures(result, debug: bool = False) -> int:
+    """Print each failed step as one line; return 2 if every failure is a user error, else 1."""
+    code = 0
+    for ev in result.all_events:
+        if not ev.is_step_failure or ev.event_specific_data is None:
+            continue
+        data = ev.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        error = getattr(data, "error", None)
+        is_user = user is not None and USER_ERROR_METADATA_KEY in (user.metadata or {})
+        if debug:
+            stack = user.metadata.get(USER_ERROR_TRACEBACK_KEY) if is_user else None
+            print(stack.value if stack is not None else error.to_string() if error is not None else "", file=sys.stderr)
+        if is_user:
+            print(f"mm-platform: {user.description}", file=sys.stderr)
+            code = code or 2
+        else:
+            message = one_line(error.message) if error is not None else "unknown error"
+            print(f"mm-platform: step {ev.step_key} failed with an internal error: {message[:500]}"
+                  f"{'' if debug else ' (rerun with --debug for the traceback)'}", file=sys.stderr)
+            code = 1
+    return code or 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm-platform", description="Many models at scale: train, promote, score, serve.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write a generated retail sales table to a source database")
@@ -181,13 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--future-days", type=int, default=0,
                    help="also write this many days after the end with planned price/promo/holiday and no units")
     g.add_argument("--config", help="dataset config YAML")
+    g.add_argument("--kind", choices=["retail_daily", "price_weekly", "weekly_multikey"], default="retail_daily",
+                   help="retail_daily (default: store x item daily units); price_weekly (region x product weekly revenue "
+                   "driven by planned prices; --stores/--items/--days are regions/products/weeks); weekly_multikey "
+                   "(region x 2 warehouses x SKU weekly revenue; regions/SKUs/weeks)")
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("run", help="materialize the whole asset graph in-process and print a JSON summary")
     r.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
     r.add_argument("--run-date", type=_date, help="run date / partition (default: the newest date in the source)")
-    r.add_argument("--log-level", default="WARNING", help="Dagster console log level (default WARNING)")
+    r.add_argument("--log-level", help="Dagster console log level (default CRITICAL, i.e. quiet: a failed step is printed "
+                   "as one line by the CLI; DEBUG with --debug)")
     r.add_argument("--ephemeral", action="store_true", help="do not record the run in $DAGSTER_HOME")
+    r.add_argument("--wait", action="store_true", help="if another run holds this home, wait for it instead of exiting 2")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("retrain", help="retrain only the series that failed in the last training run")
@@ -211,22 +332,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
+    for command in sub.choices.values():  # `mm-platform run --debug` works too
+        if "--debug" not in command._option_string_actions:
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
-COMMAND_MODULES: list[str] = ["mm_platform.dashboard.cli", "mm_platform.serving.cli", "mm_platform.evaluate"]
+DEBUG_HELP = "on errors, show the traceback and Dagster's full logs"
+
+
+COMMAND_MODULES: list[str] = ["mm_platform.dashboard.cli", "mm_platform.serving.cli", "mm_platform.evaluate", "mm_platform.home"]
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("MM_DEBUG", "") not in ("", "0")
+    args.debug = debug
     try:
         return args.func(args)
-    except (ConfigError, ValueError, PermissionError, FileNotFoundError) as err:
-        # Bad input gets one clear line, not a traceback.
-        print(f"mm-platform: {err}", file=sys.stderr)
+    except (UserError, PermissionError, FileNotFoundError) as err:
+        # Bad input (mm_platform.errors.UserError, or a path or permission the user can fix):
+        # one clear line, no traceback.
+        if debug:
+            traceback.print_exc()
+        print(f"mm-platform: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: a short line, the traceback on request
+        if debug:
+            traceback.print_exc()
+        print(f"mm-platform: internal error: {type(err).__name__}: {one_line(err)[:500]}"
+              f"{'' if debug else ' (rerun with --debug for the traceback)'}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

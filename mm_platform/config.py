@@ -16,12 +16,14 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mm_platform.errors import UserError
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "retail_daily.yaml"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """Invalid configuration; the message names the bad field."""
 
 
@@ -134,6 +136,30 @@ class AutoConfig(_Strict):
         return v
 
 
+class RegressionOptions(_Strict):
+    """Options of the ``regression`` family: a constant-elasticity demand model.
+
+    With ``price_column`` the family fits log demand on log price per series (the coefficient
+    is the price elasticity); with ``target_kind: revenue`` demand is revenue / price and the
+    forecast is the planned price times the forecast demand. ``pool_by`` names a key column:
+    each series' elasticity is shrunk toward its group's (empirical Bayes), so short series
+    borrow the group's estimate."""
+
+    price_column: str | None = Field(None, description="a regressor: log demand is regressed on its log")
+    target_kind: Literal["quantity", "revenue"] = Field(
+        "quantity", description="revenue: the target is price x quantity (needs price_column)"
+    )
+    pool_by: str | None = Field(None, description="key column whose groups share an elasticity prior")
+
+    @model_validator(mode="after")
+    def _needs_price(self) -> RegressionOptions:
+        if self.target_kind == "revenue" and not self.price_column:
+            raise ValueError("target_kind revenue needs price_column")
+        if self.pool_by and not self.price_column:
+            raise ValueError("pool_by needs price_column")
+        return self
+
+
 class AlgorithmConfig(_Strict):
     # "prophet" fits Prophet's own MAP objective in-process (fast); "prophet_library" calls
     # prophet/cmdstan per series (the reference approach); "seasonal_naive" is the baseline;
@@ -147,6 +173,7 @@ class AlgorithmConfig(_Strict):
     interval_method: Literal["conformal", "normal"] = "conformal"
     calibration_folds: int = Field(0, ge=0, le=20, description="single-family runs: extra backtest folds for calibration")
     auto: AutoConfig = Field(default_factory=AutoConfig)
+    regression: RegressionOptions = Field(default_factory=RegressionOptions)
 
     @field_validator("name")
     @classmethod
@@ -156,19 +183,53 @@ class AlgorithmConfig(_Strict):
         return v
 
 
+# The share rule needs a few failures before it means anything: on 4 series one failure is
+# 25%, an isolated bad series rather than a broken run (docs/reliability.md).
+MIN_FAILED_COUNT_HELP = (
+    "the max_failed_fraction rule applies only from this many failed series on, so one isolated failure in a "
+    "small set (1 of 4 is 25%) does not stop the run; 3 is a pattern, while on large sets the fraction decides"
+)
+
+
 class TrainingConfig(_Strict):
     # Like Azure ML parallel jobs' error_threshold: past it the run fails instead of registering.
-    max_failed_fraction: float | None = Field(0.2, ge=0, le=1, description="fail the run above this share of failed series")
+    max_failed_fraction: float | None = Field(
+        0.2, ge=0, le=1,
+        description="fail the run above this share of failed series (from min_failed_count failures on); past it "
+        "nothing is registered: a model set with that many failures points at a problem in the data or the config",
+    )
+    min_failed_count: int = Field(3, ge=1, description=MIN_FAILED_COUNT_HELP)
     max_failed_count: int | None = Field(None, ge=0, description="fail the run above this many failed series")
     fit_timeout_seconds: float | None = Field(60.0, gt=0, description="per-series limit; a slower fit is marked failed")
 
 
 class ScoringConfig(_Strict):
-    # The same kind of threshold for batch scoring: past it the run date's predictions are not replaced.
+    # The same kind of threshold for batch scoring. Past it the step fails (the run is marked
+    # failed, forecast_metrics is not refreshed) but the series that scored are still written:
+    # each forecast depends only on its own verified model and data, so holding good forecasts
+    # back protects nothing and leaves every consumer on stale numbers (docs/reliability.md).
     max_failed_fraction: float | None = Field(
-        0.2, ge=0, le=1, description="fail the scoring run above this share of series whose forecast failed"
+        0.2, ge=0, le=1,
+        description="fail the scoring step above this share of series whose forecast failed (from min_failed_count "
+        "failures on); the series that scored are still written, a failed series keeps the run date's previous "
+        "predictions if it had any",
     )
-    max_failed_count: int | None = Field(None, ge=0, description="fail the scoring run above this many failed series")
+    min_failed_count: int = Field(3, ge=1, description=MIN_FAILED_COUNT_HELP)
+    max_failed_count: int | None = Field(None, ge=0, description="fail the scoring step above this many failed series")
+
+
+class IngestConfig(_Strict):
+    """The ingestion contract's settings (docs/ingestion.md)."""
+
+    max_abs_target: float = Field(
+        1e12, gt=0, description="targets beyond this absolute value are quarantined (with non-finite ones)"
+    )
+    # keep_scoring: a series deleted at the source is still scored from the lake's data (and
+    # reported); stop_scoring: scoring skips it until it comes back.
+    on_missing_series: Literal["keep_scoring", "stop_scoring"] = "keep_scoring"
+    key_types: dict[str, Literal["int64", "string"]] = Field(
+        default_factory=dict, description="declared key types; undeclared keys take the source's at the first write"
+    )
 
 
 class PromotionRules(_Strict):
@@ -238,6 +299,7 @@ class DatasetConfig(_Strict):
     ingest_lookback_days: int = Field(
         7, ge=0, description="source rows this many days before the lake watermark are re-read (late corrections)"
     )
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
@@ -254,6 +316,24 @@ class DatasetConfig(_Strict):
     def _lengths(self) -> DatasetConfig:
         if self.min_history <= self.holdout:
             raise ValueError(f"min_history ({self.min_history}) must exceed holdout ({self.holdout})")
+        return self
+
+    @model_validator(mode="after")
+    def _regression_columns(self) -> DatasetConfig:
+        reg = self.algorithm.regression
+        if reg.price_column and reg.price_column not in self.columns.regressors:
+            raise ValueError(
+                f"algorithm.regression.price_column {reg.price_column!r} is not in columns.regressors {self.columns.regressors}"
+            )
+        if reg.pool_by and reg.pool_by not in self.columns.keys:
+            raise ValueError(f"algorithm.regression.pool_by {reg.pool_by!r} is not in columns.keys {self.columns.keys}")
+        return self
+
+    @model_validator(mode="after")
+    def _ingest_key_types(self) -> DatasetConfig:
+        unknown = sorted(set(self.ingest.key_types) - set(self.columns.keys))
+        if unknown:
+            raise ValueError(f"ingest.key_types names {unknown}, which are not in columns.keys {self.columns.keys}")
         return self
 
     @property

@@ -17,6 +17,14 @@ MAPE, empirical interval coverage (pooled, and the share of series within +/-10 
 and for ``auto`` the mix of chosen families. Single families get their intervals calibrated
 on the same backtest residuals as ``auto``'s. ``auto_vs`` gives auto's overall WAPE over each
 family's with a 90% paired bootstrap interval over series.
+
+Beside the families: ``least_squares`` (per-series OLS of y on the regressors and an
+intercept, no seasonality: the baseline any model with regressors should beat) and, when the
+global LightGBM family is among the candidates (by default; ``--no-global`` leaves it out),
+its shared models fitted once per training origin across the evaluated series (or per group,
+``--global-by KEY``), and ``auto_local``: auto's choice among the local families only (what
+training picks today). With ``algorithm.regression.pool_by`` the per-series elasticities are
+pooled by that key before the per-series fits (``elasticity_priors``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mm_platform.config import DatasetConfig, load_config
+from mm_platform.errors import UserError
 from mm_platform.forecasting.metrics import coverage, mape, naive_scale
 from mm_platform.forecasting.series import (
     AUTO,
@@ -44,6 +53,8 @@ from mm_platform.forecasting.series import (
 )
 
 AUTO_LABEL = "auto"
+AUTO_LOCAL = "auto_local"  # auto without the global family: what training picks today
+LEAST_SQUARES = "least_squares"  # per-series OLS of y on the regressors (a baseline, not a candidate)
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -65,9 +76,11 @@ def load_frame(cfg: DatasetConfig) -> pd.DataFrame:
     if frame is None or frame.empty:
         import sqlalchemy as sa
 
-        from mm_platform.sql import create_engine
+        from mm_platform.sql import check_source, source_engine
 
-        engine = create_engine(cfg.source.url)
+        # Checked first, and opened read-only: a wrong source is one line and creates nothing.
+        check_source(cfg.source.url, cfg.source.table, wanted)
+        engine = source_engine(cfg.source.url)
         try:
             table = sa.table(cfg.source.table, *(sa.column(c) for c in wanted))
             with engine.connect() as conn:
@@ -84,38 +97,86 @@ def load_frame(cfg: DatasetConfig) -> pd.DataFrame:
 def series_frames(
     cfg: DatasetConfig, frame: pd.DataFrame, limit: int | None
 ) -> list[tuple[str, pd.DataFrame]]:
+    return [(sid, h) for sid, _, h in keyed_series_frames(cfg, frame, limit)]
+
+
+def keyed_series_frames(
+    cfg: DatasetConfig, frame: pd.DataFrame, limit: int | None
+) -> list[tuple[str, dict, pd.DataFrame]]:
+    """(series id, key values, history) of the first ``limit`` series."""
     cols = cfg.columns
     out = []
     for key, g in frame.groupby(list(cols.keys), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         sid = ",".join(f"{k}={v}" for k, v in zip(cols.keys, key, strict=True))
         h = g.rename(columns={cols.date: "ds", cols.target: "y"})[["ds", "y", *cols.regressors]]
-        out.append((sid, h.sort_values("ds").reset_index(drop=True)))
+        out.append((sid, dict(zip(cols.keys, key, strict=True)), h.sort_values("ds").reset_index(drop=True)))
         if limit and len(out) >= limit:
             break
     return out
+
+
+def prepared(history: pd.DataFrame, spec: TrainSpec, horizon: int, outer_folds: int):
+    """(regularized history, cut positions) of one series, or (None, (status, reason))."""
+    h = history[["ds", "y", *spec.regressors]].copy()
+    h["ds"] = pd.to_datetime(h["ds"])
+    problem = check_series(h, spec)
+    if problem:
+        return None, problem
+    h = regularize(h, spec.freq, spec.regressors)
+    cuts = []
+    for i in range(outer_folds, 0, -1):
+        cut = len(h) - i * horizon
+        if cut > 0 and check_series(h.iloc[:cut], spec) is None:
+            cuts.append(cut)
+    if not cuts:
+        return None, ("skipped", "too short to cut a test window")
+    return h, cuts
+
+
+def fit_origins(h: pd.DataFrame, cuts: list[int], spec: TrainSpec) -> set[str]:
+    """Dates whose data a per-series fit of ``fit_candidates`` ends on, over every cut: the
+    backtest folds, the holdout fit and the final refit (the global family needs a shared
+    model fitted up to each)."""
+    from mm_platform.forecasting.series import _min_fit, fold_windows
+
+    L = spec.fold_length or spec.holdout
+    out = set()
+    for cut in cuts:
+        train = h.iloc[:cut]
+        inner = train.iloc[: -spec.holdout]
+        ends = [cut, len(inner)] + [start for start, _ in fold_windows(len(inner), spec.folds, L, _min_fit(spec, L))]
+        out |= {str(h["ds"].iloc[e - 1].date()) for e in ends if e > 0}
+    return out
+
+
+def least_squares(train: pd.DataFrame, test: pd.DataFrame, regressors: tuple[str, ...]) -> np.ndarray:
+    """The baseline: ordinary least squares of y on the regressors and an intercept, per series
+    (no trend, no seasonality); clipped at zero for a non-negative target."""
+    y = train["y"].to_numpy(dtype=np.float64)
+    ok = np.isfinite(y)
+    X = np.column_stack([np.ones(len(y)), train[list(regressors)].to_numpy(dtype=np.float64)])
+    beta = np.linalg.lstsq(X[ok], y[ok], rcond=None)[0]
+    Xt = np.column_stack([np.ones(len(test)), test[list(regressors)].to_numpy(dtype=np.float64)])
+    f = Xt @ beta
+    return np.maximum(f, 0.0) if (y[ok] >= 0).all() else f
 
 
 # -- one series -----------------------------------------------------------------------------
 
 
 def evaluate_series(sid: str, history: pd.DataFrame, spec: TrainSpec, horizon: int, outer_folds: int) -> dict:
-    """Forecasts of auto and every candidate at ``outer_folds`` cuts, with the actuals."""
-    h = history[["ds", "y", *spec.regressors]].copy()
-    h["ds"] = pd.to_datetime(h["ds"])
-    problem = check_series(h, spec)
-    if problem:
-        return {"series_id": sid, "status": problem[0], "reason": problem[1]}
-    h = regularize(h, spec.freq, spec.regressors)
+    """Forecasts of auto and every candidate at ``outer_folds`` cuts, with the actuals; also
+    the least-squares baseline (with regressors) and ``auto`` restricted to the local families
+    (``champion_local``: what auto picks without ``global_lgbm``)."""
+    from mm_platform.forecasting.global_lgbm import FAMILY as GLOBAL
+    from mm_platform.forecasting.series import choose
+
+    h, cuts = prepared(history, spec, horizon, outer_folds)
+    if h is None:
+        return {"series_id": sid, "status": cuts[0], "reason": cuts[1]}
     n_obs = int(np.isfinite(h["y"].to_numpy(dtype=np.float64)).sum())
-    cuts = []
-    for i in range(outer_folds, 0, -1):
-        cut = len(h) - i * horizon
-        train = h.iloc[:cut]
-        if check_series(train, spec) is None:
-            cuts.append(cut)
-    if not cuts:
-        return {"series_id": sid, "status": "skipped", "reason": "too short to cut a test window"}
+    local = tuple(f for f in dict.fromkeys(spec.candidates) if f != GLOBAL)
     results = []
     started = time.process_time()
     for cut in cuts:
@@ -128,12 +189,23 @@ def evaluate_series(sid: str, history: pd.DataFrame, spec: TrainSpec, horizon: i
             artifact = fits.artifact(fam)
             _, yhat, lo, hi = forecast_arrays(artifact, len(test), regs)
             forecasts[fam] = (yhat, lo, hi)
+        if spec.regressors:
+            f = least_squares(train, test, spec.regressors)
+            forecasts[LEAST_SQUARES] = (f, np.full(len(f), np.nan), np.full(len(f), np.nan))
+        champion_local = fits.champion
+        if GLOBAL in spec.candidates and fits.champion == GLOBAL:
+            bt = fits.backtest
+            if bt is not None and bt.folds and any(f in bt.forecasts for f in local):
+                champion_local = choose(bt, local, spec.metric, spec.tie_tolerance, spec.fallback)[0]
+            else:
+                champion_local = spec.fallback
         results.append(
             {
                 "actual": actual,
                 "scale": naive_scale(train["y"].to_numpy(dtype=np.float64), spec.season_length),
                 "forecasts": forecasts,
                 "champion": fits.champion,
+                "champion_local": champion_local,
                 "backtested": bool(fits.backtest is not None and fits.backtest.folds),
                 "backtest": {f: fits.backtest.pooled(f, spec.metric) for f in fits.backtest.forecasts}
                 if fits.backtest is not None
@@ -174,10 +246,10 @@ def summarize(results: list[dict], methods: list[str], coverage_level: float, mi
             s_err = s_naive = 0.0
             a_all, lo_all, hi_all = [], [], []
             for c in r["cuts"]:
-                fam = c["champion"] if method == AUTO_LABEL else method
+                fam = _method_family(c, method)
                 if fam not in c["forecasts"] or "seasonal_naive" not in c["forecasts"]:
                     continue
-                if method == AUTO_LABEL:
+                if method in (AUTO_LABEL, AUTO_LOCAL):
                     mix[fam] += 1
                 yhat, lo, hi = c["forecasts"][fam]
                 a = c["actual"]
@@ -199,8 +271,9 @@ def summarize(results: list[dict], methods: list[str], coverage_level: float, mi
                 continue
             compared += 1
             a, lo, hi = np.concatenate(a_all), np.concatenate(lo_all), np.concatenate(hi_all)
-            covs.append((np.sum((a >= lo) & (a <= hi)), len(a)))
-            per_cov.append(coverage(a, lo, hi))
+            if np.isfinite(lo).all() and np.isfinite(hi).all():  # the least-squares baseline has no interval
+                covs.append((np.sum((a >= lo) & (a <= hi)), len(a)))
+                per_cov.append(coverage(a, lo, hi))
             better = s_err < s_naive
             beats += better
             if r["n_obs"] >= min_history_long:
@@ -225,8 +298,10 @@ def summarize(results: list[dict], methods: list[str], coverage_level: float, mi
             if n_long
             else None,
         }
-        if method == AUTO_LABEL:
+        if method in (AUTO_LABEL, AUTO_LOCAL):
             m["mix"] = dict(mix.most_common())
+            n_mix = sum(mix.values())
+            m["mix_share"] = {f: _r(k / n_mix) for f, k in mix.most_common()} if n_mix else {}
         out["methods"][method] = m
     return out
 
@@ -239,7 +314,7 @@ def series_errors(results: list[dict], method: str) -> tuple[np.ndarray, np.ndar
             continue
         e = a = 0.0
         for c in r["cuts"]:
-            fam = c["champion"] if method == AUTO_LABEL else method
+            fam = _method_family(c, method)
             if fam not in c["forecasts"]:
                 e = float("nan")
                 break
@@ -273,12 +348,128 @@ def compare_auto(results: list[dict], methods: list[str], n_boot: int = 2000, se
     return out
 
 
+def _method_family(cut: dict, method: str) -> str:
+    if method == AUTO_LABEL:
+        return cut["champion"]
+    if method == AUTO_LOCAL:
+        return cut.get("champion_local", cut["champion"])
+    return method
+
+
 def _why(reason: str) -> str:
     return "shorter than min_history" if "min_history" in reason else reason[:60]
 
 
 def _r(v) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+# -- pooled elasticities and the global family ------------------------------------------------
+
+GLOBAL_FAMILY = "global_lgbm"
+
+
+def series_spec(spec: TrainSpec, options: dict | None) -> TrainSpec:
+    """``spec`` with per-series family options (an elasticity prior, the global models) merged in."""
+    if not options:
+        return spec
+    merged = dict(spec.options)
+    for k, v in options.items():
+        merged[k] = {**(merged.get(k) or {}), **v}
+    return TrainSpec(**{**spec.__dict__, "options": merged})
+
+
+def elasticity_priors(keyed, spec: TrainSpec, pool_by: str, horizon: int, outer_folds: int, per_series: dict) -> dict:
+    """Pool the per-series price elasticities by the ``pool_by`` key: each series' estimate is
+    taken on its data before its first test window (the test windows stay unseen), the groups'
+    priors are their precision-weighted means with the between-series variance, and every
+    series of a group of at least two gets its group's prior in its regression options (the
+    fit shrinks toward it: empirical Bayes). A series' own estimate is part of its group's
+    prior; with a handful of series per group that matters little."""
+    from mm_platform.forecasting.families import pooled_elasticities, series_elasticity
+
+    ctx = spec.fit_context
+    estimates: dict = {}
+    member: dict = {}
+    for sid, kv, history in keyed:
+        h, cuts = prepared(history, spec, horizon, outer_folds)
+        if h is None:
+            continue
+        est = series_elasticity(h.iloc[: cuts[0]], ctx)
+        group = str(kv[pool_by])
+        member[sid] = group
+        if est is not None:
+            estimates.setdefault(group, []).append(est)
+    priors = pooled_elasticities(estimates)
+    for sid, group in member.items():
+        if group in priors:
+            e0, tau2 = priors[group]
+            per_series.setdefault(sid, {})["regression"] = {"elasticity_prior": e0, "elasticity_prior_var": tau2}
+    values = [p[0] for p in priors.values()]
+    return {
+        "pool_by": pool_by,
+        "groups": len(priors),
+        "series_with_prior": sum(1 for g in member.values() if g in priors),
+        "median_group_elasticity": _r(np.median(values)) if values else None,
+        "median_between_series_sd": _r(np.median([np.sqrt(p[1]) for p in priors.values()])) if priors else None,
+    }
+
+
+def global_models(keyed, spec: TrainSpec, horizon: int, outer_folds: int, group_by: str | None, per_series: dict):
+    """Fit the global family's shared models: one LightGBM model per training origin (every
+    date a per-series fit of the evaluation ends on: the backtest folds, the holdout fit and
+    the final refit of every cut), on every evaluated series' rows up to that date, or one per
+    group of ``group_by``. Registers them in this process and returns (a summary, their JSON
+    texts for the worker processes); ``per_series`` gets each series' {origin: sha256}."""
+    from mm_platform.forecasting.global_lgbm import FeatureSpec, fit_global, register_shared
+
+    prepared_series, origins = [], set()
+    for sid, kv, history in keyed:
+        h, cuts = prepared(history, spec, horizon, outer_folds)
+        if h is None:
+            continue
+        prepared_series.append((sid, kv, h))
+        origins |= fit_origins(h, cuts, spec)
+    groups: dict = {}
+    for sid, kv, h in prepared_series:
+        groups.setdefault(str(kv[group_by]) if group_by else "", []).append((sid, kv, h))
+    keys = tuple(kv for kv in (keyed[0][1] if keyed else {}))
+    feature_spec = FeatureSpec.default(spec.freq, spec.regressors, keys)
+    texts, cpu, fitted = [], 0.0, 0
+    started = time.process_time()
+    for origin in sorted(origins):
+        for members in groups.values():
+            try:
+                model = fit_global([(kv, h) for _, kv, h in members], feature_spec, origin)
+            except ValueError:  # no rows before this origin in this group
+                continue
+            sha = register_shared(model)
+            texts.append(model.to_json())
+            fitted += 1
+            for sid, _, _ in members:
+                per_series.setdefault(sid, {}).setdefault(GLOBAL_FAMILY, {"models": {}})["models"][origin] = sha
+    cpu = time.process_time() - started
+    for sid, kv, _ in prepared_series:
+        if sid in per_series and GLOBAL_FAMILY in per_series[sid]:
+            per_series[sid][GLOBAL_FAMILY]["keys"] = {k: str(v) for k, v in kv.items()}
+    summary = {
+        "models_fitted": fitted,
+        "origins": len(origins),
+        "groups": len(groups),
+        "group_by": group_by,
+        "fit_cpu_seconds": round(cpu, 1),
+        "fit_cpu_seconds_per_series_per_origin": _r(cpu / max(len(origins), 1) / max(len(prepared_series), 1)),
+        "features": feature_spec.feature_names(),
+    }
+    return summary, texts
+
+
+def install_shared(texts: list[str]) -> None:
+    """Worker-process initializer: make the shared global models resolvable here."""
+    from mm_platform.forecasting.global_lgbm import GlobalModel, register_shared
+
+    for t in texts:
+        register_shared(GlobalModel.from_json(t))
 
 
 # -- cost -----------------------------------------------------------------------------------
@@ -314,20 +505,35 @@ def run(args) -> dict:
 
     bad = [f for f in candidates if f not in FAMILIES]
     if bad:
-        raise ValueError(f"unknown families {bad}; known: {sorted(FAMILIES)}")
+        raise UserError(f"--families: unknown families {bad}; known: {sorted(FAMILIES)}")
     if "seasonal_naive" not in candidates:
         candidates = ["seasonal_naive", *candidates]  # the MASE / beating-naive baseline
+    global_by = getattr(args, "global_by", None)
+    if global_by and global_by not in cfg.columns.keys:
+        raise UserError(f"--global-by: {global_by!r} is not a key column of {cfg.name} (keys: {cfg.columns.keys})")
+    if not args.families and not getattr(args, "no_global", False) and GLOBAL_FAMILY not in candidates:
+        candidates.append(GLOBAL_FAMILY)  # evaluate only: training cannot fit the shared model yet
     spec = TrainSpec(**{**base.__dict__, "candidates": tuple(candidates), "fit_timeout_seconds": None})
     started = time.time()
     frame = load_frame(cfg)
-    series = series_frames(cfg, frame, args.series)
+    keyed = keyed_series_frames(cfg, frame, args.series)
+    series = [(sid, h) for sid, _, h in keyed]
     horizon = cfg.horizon
-    tasks = [(sid, h, spec, horizon, args.folds) for sid, h in series]
+    per_series: dict[str, dict] = {}
+    extra: dict = {}
+    pool_by = (spec.options.get("regression") or {}).get("pool_by")
+    if pool_by:
+        extra["elasticity_priors"] = elasticity_priors(keyed, spec, pool_by, horizon, args.folds, per_series)
+    shared_texts: list[str] = []
+    if GLOBAL_FAMILY in candidates:
+        extra["global"], shared_texts = global_models(keyed, spec, horizon, args.folds, global_by, per_series)
+    tasks = [(sid, h, series_spec(spec, per_series.get(sid)), horizon, args.folds) for sid, h in series]
     workers = max(1, min(args.workers, len(tasks)))
     if workers == 1:
         results = [_evaluate_one(t) for t in tasks]
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # Each worker process gets the shared global models once, not with every series.
+        with ProcessPoolExecutor(workers, initializer=install_shared, initargs=(shared_texts,)) as pool:
             results = list(pool.map(_evaluate_one, tasks, chunksize=1))
     if args.dump:
         import pickle
@@ -335,6 +541,9 @@ def run(args) -> dict:
         with open(args.dump, "wb") as f:
             pickle.dump(results, f)
     long_history = 365 if cfg.frequency == "daily" else 104
+    methods = [AUTO_LABEL, *([AUTO_LOCAL] if GLOBAL_FAMILY in candidates else []), *candidates]
+    if spec.regressors:
+        methods.append(LEAST_SQUARES)
     report = {
         "config": cfg.name,
         "frequency": cfg.frequency,
@@ -349,15 +558,18 @@ def run(args) -> dict:
             "candidates": list(spec.candidates),
         },
         "interval_coverage_nominal": spec.interval_coverage,
-        **summarize(results, [AUTO_LABEL, *candidates], spec.interval_coverage, long_history),
-        "auto_vs": compare_auto(results, candidates),
+        **summarize(results, methods, spec.interval_coverage, long_history),
+        "auto_vs": compare_auto(results, [m for m in methods if m != AUTO_LABEL]),
+        **extra,
     }
     ok = [r for r in results if r["status"] == "ok"]
     report["evaluate_cpu_seconds_per_series"] = _r(np.mean([r["cpu_seconds"] for r in ok])) if ok else None
     if args.cost_sample:
         sample = [s for s in series if check_series(s[1], spec) is None][: args.cost_sample]
         if sample:
-            report["train_cpu_seconds_per_series"] = measure_cost(sample, spec, args.cost_families.split(","))
+            # Training's auto (without the global family, whose shared models training cannot fit yet).
+            local = TrainSpec(**{**spec.__dict__, "candidates": tuple(f for f in spec.candidates if f != GLOBAL_FAMILY)})
+            report["train_cpu_seconds_per_series"] = measure_cost(sample, local, args.cost_families.split(","))
             report["train_cost_sample"] = len(sample)
     report["wall_seconds"] = round(time.time() - started, 1)
     return report
@@ -369,6 +581,8 @@ def _print_table(report: dict) -> None:
     for method, m in report["methods"].items():
         print(f"{method:<16}" + "".join(f"{str(m.get(c)):>30}" for c in cols))
     print("auto mix:", report["methods"][AUTO_LABEL].get("mix"))
+    if AUTO_LOCAL in report["methods"]:
+        print("auto_local mix:", report["methods"][AUTO_LOCAL].get("mix"))
     for method, c in report.get("auto_vs", {}).items():
         print(f"auto WAPE / {method} WAPE: {c['wape_ratio']} (90% bootstrap over series: {c['ci90']})")
 
@@ -401,6 +615,11 @@ def add_commands(subparsers) -> None:
         "--cost-sample", type=int, default=0, help="also time train_series (CPU s/series) on N series"
     )
     e.add_argument("--cost-families", default="prophet", help="families timed beside auto (default prophet)")
+    e.add_argument(
+        "--no-global", action="store_true",
+        help="leave the global LightGBM family out of the default candidates",
+    )
+    e.add_argument("--global-by", help="fit one global model per value of this key column (default: one for all)")
     e.add_argument("--dump", help=argparse.SUPPRESS)  # pickle of the per-series results (analysis)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_evaluate)

@@ -11,7 +11,10 @@ Data Lake Storage / Blob through adlfs) they are read from the environment, in t
 Raw tables are stored one file per month and described by a small JSON manifest. A write
 puts new month files beside the old ones and then replaces the manifest in one rename, so
 a reader (or a run killed mid-copy) sees the table either as it was or fully updated,
-never half. Upserts on (keys, date) make re-copying the same rows a no-op.
+never half. Upserts on (keys, date) make re-copying the same rows a no-op. Ingestion passes
+the table's column types (the ingestion contract, kept in the manifest as ``contract``) and
+every month file written, old rows included, is cast to them: one odd batch never changes a
+column's type. Quarantined rows carry a ``row_hash`` so a row read again is kept once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mm_platform.errors import UserError
 from mm_platform.faults import fault_point
 
 MANIFEST = "_manifest.json"
@@ -33,7 +37,7 @@ AZURE_PROTOCOLS = ("abfs", "abfss", "az")
 _SECRET_MARKERS = ("accountkey=", "sharedaccesssignature=", "sig=", "client_secret=")
 
 
-class LakeCredentialsError(ValueError):
+class LakeCredentialsError(UserError):
     """Credentials were put in the lake URL instead of the environment."""
 
 
@@ -125,8 +129,95 @@ class Lake:
         t = pq.read_table(files, filesystem=self.fs, columns=columns, filters=filters, partitioning=None)
         return t.to_pandas()
 
-    def upsert_raw(self, table: str, rows: pd.DataFrame, keys: list[str], date_col: str) -> dict:
-        """Insert or replace rows on (keys, date). Returns counts of inserted/updated rows."""
+    def raw_schema(self, table: str) -> pa.Schema | None:
+        """The schema of the table's newest month file (its footer only), or None if empty."""
+        files = self.read_manifest(table)["files"]
+        if not files:
+            return None
+        return pq.read_schema(self.path("raw", table, files[max(files)]), filesystem=self.fs)
+
+    def conform_raw(self, table: str, schema: pa.Schema) -> int:
+        """Rewrite every month file whose column types differ from ``schema`` (e.g. a key
+        written as double by a NULL before types were fixed) and swap the manifest once.
+        Returns the number of files rewritten."""
+        manifest = self.read_manifest(table)
+        files = dict(manifest["files"])
+        new_files: dict[str, str] = {}
+        for m, rel in sorted(files.items()):
+            current = pq.read_schema(self.path("raw", table, rel), filesystem=self.fs)
+            if all(f.name in current.names and current.field(f.name).type == f.type for f in schema):
+                continue
+            data = pq.read_table(self.path("raw", table, rel), filesystem=self.fs)
+            new_files[m] = self._write_month(table, m, data.select(schema.names).cast(schema))
+        if new_files:
+            superseded = [files[m] for m in new_files]
+            files.update(new_files)
+            self._write_manifest(table, {**manifest, "version": manifest["version"] + 1, "files": files})
+            self._delete(table, superseded)
+        return len(new_files)
+
+    def update_manifest(self, table: str, **fields) -> bool:
+        """Set manifest ``fields`` (one atomic swap) if any differs; True if written."""
+        manifest = self.read_manifest(table)
+        if all(manifest.get(k) == v for k, v in fields.items()):
+            return False
+        self._write_manifest(table, {**manifest, **fields, "version": manifest["version"] + 1})
+        return True
+
+    def series_last_dates(self, table: str, keys: list[str], date_col: str) -> pd.DataFrame:
+        """Each series' (keys) newest date in the lake: ``keys`` and ``last_date``. Reads the
+        key and date columns file by file, so memory stays at one month."""
+        parts = []
+        for f in self.raw_files(table):
+            t = pq.read_table(f, filesystem=self.fs, columns=[*keys, date_col], partitioning=None)
+            parts.append(t.group_by(keys).aggregate([(date_col, "max")]).to_pandas())
+        if not parts:
+            return pd.DataFrame(columns=[*keys, "last_date"])
+        both = pd.concat(parts, ignore_index=True)
+        return both.groupby(keys, as_index=False)[f"{date_col}_max"].max().rename(columns={f"{date_col}_max": "last_date"})
+
+    def newest_date_with_value(self, table: str, date_col: str, value_col: str) -> pd.Timestamp | None:
+        """The newest ``date_col`` among rows whose ``value_col`` is not null (file by file)."""
+        import pyarrow.compute as pc
+
+        newest = None
+        for f in self.raw_files(table):
+            t = pq.read_table(f, filesystem=self.fs, columns=[date_col, value_col], partitioning=None)
+            d = pc.max(t.filter(pc.is_valid(t[value_col]))[date_col]).as_py()
+            if d is not None:
+                d = pd.Timestamp(d)
+                newest = d if newest is None or d > newest else newest
+        return newest
+
+    def _write_month(self, table: str, month: str, data: pa.Table) -> str:
+        rel = f"month={month}/part-{uuid.uuid4().hex[:12]}.parquet"
+        self.fs.makedirs(self.path("raw", table, f"month={month}"), exist_ok=True)
+        pq.write_table(
+            data,
+            self.path("raw", table, rel),
+            filesystem=self.fs,
+            coerce_timestamps="us",  # Spark cannot read nanosecond timestamps
+            allow_truncated_timestamps=True,
+        )
+        return rel
+
+    def upsert_raw(
+        self,
+        table: str,
+        rows: pd.DataFrame,
+        keys: list[str],
+        date_col: str,
+        *,
+        watermark: str | None = None,
+        schema: pa.Schema | None = None,
+        extra: dict | None = None,
+    ) -> dict:
+        """Insert or replace rows on (keys, date). Returns counts of inserted/updated rows.
+
+        ``schema`` (the ingestion contract) is the type of every column written: old rows of a
+        rewritten month are cast to it too, so one write can never change a column's type.
+        ``watermark`` (default: the newest date in ``rows``) and ``extra`` fields are stored in
+        the manifest."""
         manifest = self.read_manifest(table)
         files = dict(manifest["files"])
         d = rows[date_col].dt
@@ -138,7 +229,12 @@ class Lake:
         for m, chunk in rows.groupby(month, sort=True):
             old_rel = files.get(m)
             if old_rel:
-                old = pq.read_table(self.path("raw", table, old_rel), filesystem=self.fs).to_pandas()
+                old_t = pq.read_table(self.path("raw", table, old_rel), filesystem=self.fs)
+                if schema is not None:
+                    old_t = old_t.select(schema.names).cast(schema)
+                old = old_t.to_pandas()
+                if schema is not None:
+                    chunk = chunk.astype(old.dtypes.to_dict())  # same dtypes: the no-op test compares values
                 merged = pd.concat([old, chunk], ignore_index=True)
                 dup = merged.duplicated(key_cols, keep="last")
                 changed_old = dup.iloc[: len(old)]
@@ -153,31 +249,29 @@ class Lake:
                 merged = chunk.drop_duplicates(key_cols, keep="last")
                 inserted += len(merged)
             merged = merged.sort_values([*keys, date_col]).reset_index(drop=True)
-            rel = f"month={m}/part-{uuid.uuid4().hex[:12]}.parquet"
-            self.fs.makedirs(self.path("raw", table, f"month={m}"), exist_ok=True)
-            pq.write_table(
-                pa.Table.from_pandas(merged, preserve_index=False),
-                self.path("raw", table, rel),
-                filesystem=self.fs,
-                coerce_timestamps="us",  # Spark cannot read nanosecond timestamps
-                allow_truncated_timestamps=True,
-            )
-            new_files[m] = rel
+            if schema is not None:
+                data = pa.Table.from_pandas(merged[schema.names], preserve_index=False).cast(schema)
+            else:
+                data = pa.Table.from_pandas(merged, preserve_index=False)
+            new_files[m] = self._write_month(table, m, data)
         if not new_files:
             return {"inserted": 0, "updated": 0, "files_written": 0}
         if inserted == 0 and updated == 0:
             # Nothing changed: drop the new files, keep the manifest as it is.
             self._delete(table, new_files.values())
             return {"inserted": 0, "updated": 0, "files_written": 0}
-        watermark = str(rows[date_col].max().date())
-        if manifest.get("watermark") and manifest["watermark"] > watermark:
-            watermark = manifest["watermark"]
+        if watermark is None:
+            watermark = str(rows[date_col].max().date())
+            if manifest.get("watermark") and manifest["watermark"] > watermark:
+                watermark = manifest["watermark"]
         fault_point("lake.before_manifest")  # new files written, manifest not yet swapped
         superseded = [files[m] for m in new_files if m in files]
         files.update(new_files)
         self._write_manifest(
             table,
             {
+                **manifest,
+                **(extra or {}),
                 "version": manifest["version"] + 1,
                 "files": files,
                 "watermark": watermark,
@@ -222,6 +316,17 @@ class Lake:
         pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp, filesystem=self.fs)
         self.fs.mv(tmp, path)
         return path
+
+    def quarantine_hashes(self, table: str) -> set[str]:
+        """The ``row_hash`` of every quarantined row (files written before hashes had none)."""
+        folder = self.path("quarantine", table)
+        if not self.fs.exists(folder):
+            return set()
+        seen: set[str] = set()
+        for f in self.fs.ls(folder, detail=False):
+            if f.rsplit("/", 1)[-1].startswith("part-") and "row_hash" in pq.read_schema(f, filesystem=self.fs).names:
+                seen.update(pq.read_table(f, filesystem=self.fs, columns=["row_hash"])["row_hash"].to_pylist())
+        return seen
 
     def read_quarantine(self, table: str) -> pd.DataFrame:
         folder = self.path("quarantine", table)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mm_platform.config import DatasetConfig
+from mm_platform.errors import UserError
 from mm_platform.forecasting.series import TRAINED
 from mm_platform.lake import Lake
 from mm_platform.promotion import evaluate
@@ -129,25 +130,32 @@ def register_model_set(
     )
 
 
-class ErrorThresholdExceeded(RuntimeError):
-    """Too many series failed: the run stops instead of registering a damaged model set."""
+class ErrorThresholdExceeded(UserError):
+    """Too many series failed: the run stops (a user error: the data or models are bad, the
+    message names the counts and the config fields)."""
 
 
 def threshold_exceeded(
     failed: pd.DataFrame, total: int, limits, section: str, what: str, consequence: str
 ) -> ErrorThresholdExceeded | None:
     """The error to raise when ``failed`` (rows with a ``reason``) is over ``limits``'
-    max_failed_count / max_failed_fraction (config section ``section``), else None."""
+    max_failed_count, or over max_failed_fraction with at least min_failed_count failures
+    (config section ``section``), else None. The minimum keeps the share rule meaningful on
+    small sets: 1 failure of 4 is 25% but says nothing about the run."""
     n = len(failed)
     over_count = limits.max_failed_count is not None and n > limits.max_failed_count
-    over_share = limits.max_failed_fraction is not None and total and n / total > limits.max_failed_fraction
+    over_share = (
+        limits.max_failed_fraction is not None and total and n >= limits.min_failed_count
+        and n / total > limits.max_failed_fraction
+    )
     if not (over_count or over_share):
         return None
     reasons = failed["reason"].value_counts().head(5)
     top = "; ".join(f"{cnt}x {why}" for why, cnt in reasons.items())
     return ErrorThresholdExceeded(
         f"{n} of {total} series failed to {what}, over the error threshold "
-        f"({section}.max_failed_fraction={limits.max_failed_fraction}, {section}.max_failed_count={limits.max_failed_count}); "
+        f"({section}.max_failed_fraction={limits.max_failed_fraction} from {section}.min_failed_count={limits.min_failed_count} "
+        f"failures on, {section}.max_failed_count={limits.max_failed_count}); "
         f"{consequence}. "
         f"Most common reasons: {top}"
     )
@@ -240,11 +248,11 @@ def rollback(
     for sid in series:
         cur = current.get(sid)
         if cur is None:
-            raise ValueError(f"series {sid!r} has no production model in {production.tracking_uri}")
+            raise UserError(f"series {sid!r} has no production model in {production.tracking_uri}")
         versions = sorted(v.version for v in production.search(cfg.name, f"tags.series_id = '{sid}'"))
         target = to_version if to_version is not None else max((v for v in versions if v < cur.version), default=None)
         if target is None or target not in versions:
-            raise ValueError(f"series {sid!r}: no production version {to_version or 'before ' + str(cur.version)} to roll back to; versions: {versions}")
+            raise UserError(f"series {sid!r}: no production version {to_version or 'before ' + str(cur.version)} to roll back to; versions: {versions}")
         production.client.set_registered_model_alias(cur.name, PRODUCTION_ALIAS, str(target))
         rows.append({"series_id": sid, "model_name": cur.name, "training_version": None, "production_version": target,
                      "action": "rollback", "reasons": f"rolled back from version {cur.version}",

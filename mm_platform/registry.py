@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mm_platform.errors import UserError, one_line
 from mm_platform.faults import fault_point
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -79,8 +80,7 @@ class ModelRegistry:
         self.artifact_root = artifact_root
         self.experiment = experiment
         self.writable = writable
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        ensure_schema(tracking_uri)  # complete and at MLflow's head, or created atomically now
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # -- reading -------------------------------------------------------------------------------
@@ -391,3 +391,352 @@ def _local_path(uri: str) -> str | None:
     if "://" not in uri and os.path.isabs(uri):
         return uri
     return None
+
+
+# -- creating a registry store -------------------------------------------------------------------
+#
+# MLflow creates its schema on first use with ~330 DDL statements (create_all, then alembic
+# migrations) that are not one transaction on SQLite or MySQL: a process killed in the middle
+# leaves a database that every later open fails on ("table logged_models already exists"), and
+# two processes creating the same new database at once collide. So a registry database is
+# created here, before MLflow opens it:
+# - SQLite: under an exclusive file lock, MLflow creates its schema in a temporary file in the
+#   same folder, which is then renamed into place: the database is absent or complete, never half.
+#   One left half-created by a killed creation (it holds no runs or models) is replaced the same
+#   way. One with models but an older MLflow schema is reported (like MLflow does): migrating it is
+#   `mm-platform doctor --repair` (a copy is migrated, then renamed into place), run when no other
+#   process has it open (a process holding the old file would go on reading and writing it).
+# - PostgreSQL / MySQL: first-time creation under an advisory lock (pg_advisory_lock, GET_LOCK);
+#   an interrupted creation (no runs or models) is resumed there; a schema that is still
+#   incomplete, or behind the head with data, is reported with how to repair it (a server
+#   database is never dropped or rewritten automatically).
+
+SCHEMA_FAULT_POINT = "registry.creating_schema"
+_SQL_BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb", "mssql")
+_READY: set[str] = set()  # URIs found complete in this process (a complete schema stays complete)
+
+
+class RegistrySchemaError(UserError):
+    """A registry database is half-created or behind MLflow's schema and cannot be repaired here."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What a registry database holds: ``missing`` (nothing yet: the first run creates it),
+    ``ok``, ``interrupted`` (a creation was killed: incomplete schema, no runs or models),
+    ``outdated`` (an older MLflow's schema, with models), ``broken`` (incomplete and
+    holding data), ``unreachable``, or ``not_sql`` (an MLflow server: not checked here)."""
+
+    uri: str
+    status: str
+    detail: str = ""
+    repair: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.status in ("ok", "missing", "not_sql")
+
+
+def _backend(uri: str) -> str | None:
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    return scheme if scheme in _SQL_BACKENDS else None
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    import sqlalchemy as sa
+
+    db = sa.make_url(uri).database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).resolve()
+
+
+def _redacted(uri: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        return sa.make_url(uri).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for messages
+        return uri
+
+
+def _alembic_script():
+    global _SCRIPT
+    if _SCRIPT is None:
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.utils import _get_alembic_config
+
+        _SCRIPT = ScriptDirectory.from_config(_get_alembic_config(""))
+    return _SCRIPT
+
+
+_SCRIPT = None
+
+
+def _head_revision() -> str:
+    heads = _alembic_script().get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"MLflow's migration scripts have {len(heads)} heads: {heads}")
+    return heads[0]
+
+
+def _known_revision(rev: str) -> bool:
+    try:
+        return _alembic_script().get_revision(rev) is not None
+    except Exception:  # noqa: BLE001 - alembic raises its own errors for unknown ids
+        return False
+
+
+def _user_rows(conn, tables: set[str]) -> int:
+    """Runs, models and non-default experiments: what a killed creation never holds."""
+    import sqlalchemy as sa
+
+    total = 0
+    for table, where in (("runs", ""), ("registered_models", ""), ("model_versions", ""), ("logged_models", ""),
+                         ("experiments", " WHERE name <> 'Default'")):
+        if table in tables:
+            total += int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}{where}")).scalar() or 0)
+    return total
+
+
+def schema_state(uri: str) -> SchemaState:
+    """Inspect a registry database without creating or changing anything."""
+    import sqlalchemy as sa
+
+    backend = _backend(uri)
+    if backend is None:
+        return SchemaState(uri, "not_sql", "not a database URI: MLflow's server owns its schema")
+    if backend == "sqlite":
+        path = _sqlite_path(uri)
+        if path is not None and (not path.exists() or path.stat().st_size == 0):
+            return SchemaState(uri, "missing", "not created yet (the first run creates it)")
+    shown = _redacted(uri)
+    engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            names = set(sa.inspect(conn).get_table_names())
+            tables = {t for t in names if not t.startswith("alembic_")}
+            if not tables:
+                return SchemaState(uri, "missing", "empty database (the first run creates the schema)")
+            rev = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() if "alembic_version" in names else None
+            from mlflow.store.db.utils import Base  # every table of MLflow's current schema
+
+            absent = sorted(set(Base.metadata.tables) - tables)
+            head = _head_revision()
+            if rev == head and not absent:
+                return SchemaState(uri, "ok", f"MLflow schema at head {head}")
+            try:
+                rows = _user_rows(conn, tables)
+            except sa.exc.DBAPIError:
+                rows = -1  # unreadable tables: treat as holding data (never discarded)
+    except sa.exc.DBAPIError as err:
+        return SchemaState(uri, "unreachable", f"cannot open {shown}: {' '.join(str(err.orig or err).split())[:300]}",
+                           "check the URI, the server and the credentials")
+    finally:
+        engine.dispose()
+    found = f"revision {rev or 'none'}, head {head}, {len(absent)} of MLflow's tables missing"
+    if rows == 0:  # what a killed creation leaves (or an unused old schema): recreating it loses nothing
+        if backend == "sqlite":
+            repair = "it holds no runs or models: the next run (or `mm-platform doctor --repair`) recreates it"
+        else:
+            repair = (f"it holds no runs or models: drop its tables (or the database) and rerun, "
+                      f"or back it up and run `mlflow db upgrade {shown}`")
+        return SchemaState(uri, "interrupted", f"MLflow schema creation was interrupted ({found})", repair)
+    if rev and rev != head and _known_revision(rev):
+        if backend == "sqlite":
+            repair = ("stop the processes using it, back it up, then run `mm-platform doctor --repair` "
+                      "(migrates a copy and renames it into place)")
+        else:
+            repair = f"back the database up, then run `mlflow db upgrade {shown}`"
+        return SchemaState(uri, "outdated", f"MLflow schema of an older version ({found})", repair)
+    return SchemaState(
+        uri, "broken", f"incomplete MLflow schema holding runs or models ({found})",
+        f"restore it from a backup, or back it up and run `mlflow db upgrade {shown}`",
+    )
+
+
+def ensure_schema(uri: str, migrate: bool = False) -> None:
+    """Make sure the registry database at ``uri`` is complete and at MLflow's head revision,
+    creating it atomically if absent or left half-created (see above), and (``migrate``) migrating
+    an outdated SQLite one atomically. Otherwise raises ``RegistrySchemaError`` saying how to repair."""
+    backend = _backend(uri)
+    if backend is None or uri in _READY:
+        return
+    state = schema_state(uri)
+    if state.status == "ok":
+        _READY.add(uri)
+        return
+    if state.status == "unreachable":
+        raise RegistrySchemaError(f"registry database: {state.detail}: {state.repair}")
+    if backend == "sqlite" and _sqlite_path(uri) is not None:
+        _ensure_sqlite(uri, migrate)
+    else:
+        _ensure_server(uri, backend)
+    _READY.add(uri)
+
+
+def _ensure_sqlite(uri: str, migrate: bool) -> None:
+    import sqlalchemy as sa
+
+    path = _sqlite_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_file_lock(path.with_name(path.name + ".lock")):
+        state = schema_state(uri)  # again: another process may have created it meanwhile
+        if state.status == "ok":
+            return
+        if state.status not in ("missing", "interrupted", *(("outdated",) if migrate else ())):
+            raise RegistrySchemaError(f"registry database {path}: {state.detail}: {state.repair}")
+        for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed creation
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            if state.status == "outdated":
+                _sqlite_copy(path, tmp)
+            engine = _mlflow_engine(sa.make_url(uri).set(database=str(tmp)).render_as_string(hide_password=False))
+            try:
+                _create_or_migrate(engine, fresh=state.status != "outdated")
+            except Exception as err:
+                if state.status != "outdated":
+                    raise
+                raise RegistrySchemaError(
+                    f"registry database {path}: migrating a copy of it to MLflow's schema failed "
+                    f"({one_line(err)[:300]}); the database is unchanged: back it up, then run `mlflow db upgrade {uri}`"
+                ) from None
+            finally:
+                engine.dispose()
+            # Schema complete in the temporary file, not yet in place (":<file>" targets one registry).
+            fault_point(SCHEMA_FAULT_POINT)
+            fault_point(f"{SCHEMA_FAULT_POINT}:{path.name}")
+            for suffix in ("-journal", "-wal", "-shm"):  # a killed writer's journal must not meet the new file
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+            os.replace(tmp, path)  # the commit point
+            _fsync_dir(path.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        done = schema_state(uri)
+        if done.status != "ok":
+            raise RegistrySchemaError(f"registry database {path}: {done.detail} after creating it")
+
+
+def _ensure_server(uri: str, backend: str) -> None:
+    shown = _redacted(uri)
+    with _advisory_lock(uri, backend):
+        state = schema_state(uri)
+        if state.status == "ok":
+            return
+        if state.status not in ("missing", "interrupted"):
+            raise RegistrySchemaError(f"registry database {shown}: {state.detail}: {state.repair}")
+        # An interrupted creation (no runs or models) is resumed: on PostgreSQL MLflow's migrations
+        # are one transaction, so a kill leaves at most its first tables, which the resumed creation
+        # keeps; on MySQL (DDL is not transactional) it may fail, and then says how to repair.
+        engine = _mlflow_engine(uri)
+        try:
+            _create_or_migrate(engine, fresh=True)
+            fault_point(SCHEMA_FAULT_POINT)
+        except Exception as err:
+            if state.status == "missing":
+                raise
+            raise RegistrySchemaError(
+                f"registry database {shown}: {state.detail}; resuming it failed ({one_line(err)[:300]}): {state.repair}"
+            ) from None
+        finally:
+            engine.dispose()
+        done = schema_state(uri)
+        if done.status != "ok":
+            raise RegistrySchemaError(f"registry database {shown}: {done.detail} after creating it: {done.repair}")
+
+
+def _mlflow_engine(uri: str):
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+
+    return create_sqlalchemy_engine(uri)
+
+
+def _create_or_migrate(engine, fresh: bool) -> None:
+    # MLflow's own creation and migration code (what its stores run on first use).
+    from mlflow.store.db.utils import _initialize_tables, _upgrade_db
+
+    if fresh:
+        _initialize_tables(engine)
+    else:
+        _upgrade_db(engine)
+
+
+def _sqlite_copy(src: Path, dst: Path) -> None:
+    import sqlite3
+
+    a, b = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        a.backup(b)  # a consistent copy even if another process reads it meanwhile
+    finally:
+        a.close()
+        b.close()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _exclusive_file_lock:
+    """fcntl.flock on ``path`` (created if needed); the kernel releases it if the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing releases the lock
+
+
+class _advisory_lock:
+    """A database-wide lock for first-time creation: pg_advisory_lock on PostgreSQL, GET_LOCK on
+    MySQL/MariaDB (both released by the server if this process dies); SQL Server: none."""
+
+    _KEY = 0x6D6D5F726567  # "mm_reg"
+
+    def __init__(self, uri: str, backend: str):
+        self.uri, self.backend = uri, backend
+
+    def __enter__(self):
+        import sqlalchemy as sa
+
+        self.engine = sa.create_engine(self.uri, poolclass=sa.pool.NullPool)
+        self.conn = None
+        if self.backend not in ("postgresql", "mysql", "mariadb"):
+            return self
+        self.conn = self.engine.connect()
+        if self.backend == "postgresql":
+            self.conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._KEY})
+        else:
+            name = f"mm_platform.registry.{self.engine.url.database}"[:64]
+            got = self.conn.execute(sa.text("SELECT GET_LOCK(:n, 600)"), {"n": name}).scalar()
+            if got != 1:
+                self.conn.close()
+                raise RegistrySchemaError(f"registry database {_redacted(self.uri)}: lock {name} not obtained in 600 s")
+        self.conn.commit()  # only the lock is kept: no transaction stays open
+        return self
+
+    def __exit__(self, *exc):
+        import sqlalchemy as sa
+
+        try:
+            if self.conn is not None:
+                if self.backend == "postgresql":
+                    self.conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._KEY})
+                else:
+                    self.conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"),
+                                      {"n": f"mm_platform.registry.{self.engine.url.database}"[:64]})
+                self.conn.close()
+        finally:
+            self.engine.dispose()

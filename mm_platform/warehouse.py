@@ -115,6 +115,18 @@ class Warehouse:
                 sa.Column("decided_at", sa.DateTime),
             ]
             return sa.Table(name, md, *cols)
+        if name == "missing_series":
+            # The series in the lake that the source no longer has, as of the newest copy
+            # (replaced whole by each copy: a state, not a log). See mm_platform.ingestion.
+            cols = [
+                sa.Column("dataset", sa.String(100), nullable=False),
+                sa.Column("detected_run_date", sa.Date, nullable=False),
+                *self._key_columns(sample),
+                sa.Column("series_id", sa.String(400), nullable=False),
+                sa.Column("last_date", sa.String(10)),
+                sa.Column("action", sa.String(20)),  # keep_scoring / stop_scoring
+            ]
+            return sa.Table(name, md, *cols)
         raise KeyError(name)
 
     def _records(self, table: sa.Table, run_date: date, rows: pd.DataFrame) -> pd.DataFrame:
@@ -148,6 +160,28 @@ class Warehouse:
         records = self._records(table, run_date, rows)
         with self.engine.begin() as conn:
             _insert(conn, table, records, _stage(conn, table, records))
+        return len(records)
+
+    def replace_missing_series(
+        self, run_date: date, series: list[dict], action: str, key_types: dict[str, str] | None = None
+    ) -> int:
+        """Replace this dataset's ``missing_series`` rows (keys, series_id, last_date) and make
+        sure ``v_missing_series`` exists; an empty list clears them. ``key_types`` (the lake's
+        contract, ``int64``/``string``) types the key columns even when no series is missing."""
+        rows = pd.DataFrame(series, columns=[*self.keys, "series_id", "last_date"]).assign(action=action)
+        for k, t in (key_types or {}).items():
+            if k in rows:
+                rows[k] = rows[k].astype("int64" if t == "int64" else object)
+        table = self._table("missing_series", rows)
+        table.metadata.create_all(self.engine, checkfirst=True)
+        records = rows.assign(dataset=self.dataset, detected_run_date=run_date)
+        records = records[[c.name for c in table.columns]].astype(object).where(records.notna(), None)
+        with self.engine.begin() as conn:
+            staged = _stage(conn, table, records)
+            conn.execute(table.delete().where(table.c.dataset == self.dataset))
+            _insert(conn, table, records, staged)
+            for stmt in view_statements(conn.dialect, "v_missing_series"):
+                conn.execute(sa.text(stmt))
         return len(records)
 
     def delete_run_statement(self, table: sa.Table, run_date: date) -> sa.Delete:
@@ -262,6 +296,8 @@ VIEWS = {
           ON s.dataset = m.dataset AND s.run_date = m.run_date""",
     "v_run_summary": "SELECT * FROM forecast_metrics",
     "v_promotion_log": "SELECT * FROM promotion_log",
+    # Series in the lake with no row left in the source (newest copy), and what scoring does.
+    "v_missing_series": "SELECT * FROM missing_series",
 }
 VIEW_BASES = {
     "v_latest_predictions": "predictions",
@@ -269,6 +305,7 @@ VIEW_BASES = {
     "v_scoring_report": "scoring_report",
     "v_run_summary": "forecast_metrics",
     "v_promotion_log": "promotion_log",
+    "v_missing_series": "missing_series",
 }
 
 

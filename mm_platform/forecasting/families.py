@@ -11,7 +11,8 @@ Families: ``seasonal_naive``; ``prophet`` (in-process MAP fit) and ``prophet_lib
 ARIMA takes the regressors as X); ``regression`` (ridge on trend, Fourier terms and the
 regressors, numpy); ``croston`` and ``tsb`` (intermittent demand, numpy); ``ensemble`` (mean
 of member families). Every family that can use the configured regressors does (prophet,
-arima, regression, and the ensemble through its members).
+arima, regression, and the ensemble through its members). ``global_lgbm`` is the per-series
+side of one LightGBM model shared across series (``global_lgbm.py``).
 
 ETS, Theta and ARIMA forecast from the end of their data, so their compact form stores the
 point forecast path of ``FitContext.max_horizon`` steps (ARIMA: the path with X = 0 plus the
@@ -439,8 +440,13 @@ class RegressionModel:
     regressor_names: tuple[str, ...]
     x_mean: np.ndarray
     x_std: np.ndarray
-    coef: np.ndarray  # [intercept, trend, fourier..., regressors...]
+    coef: np.ndarray  # [intercept, trend, fourier..., regressors..., (log price)]
     log: bool  # fitted on log1p(y)
+    # Constant-elasticity mode: log(demand) on log(price) (the last coefficient is the price
+    # elasticity); demand is y, or y / price for a revenue target (then y = price * demand).
+    price: str = ""
+    revenue: bool = False
+    log_price_mean: float = 0.0
 
     def design(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None) -> np.ndarray:
         ds = np.asarray(ds, dtype="datetime64[D]")
@@ -449,14 +455,29 @@ class RegressionModel:
         if self.regressor_names:
             R = _regressor_matrix(self.regressor_names, regressors, len(t))
             X.append((R - self.x_mean) / self.x_std)
+        if self.price:
+            X.append(np.log(self._price(regressors, len(t))) - self.log_price_mean)
         return np.column_stack(X)
+
+    def _price(self, regressors: dict[str, np.ndarray] | None, n: int) -> np.ndarray:
+        p = _regressor_matrix((self.price,), regressors, n)[:, 0]
+        if not (p > 0).all():
+            raise ValueError(f"regressor {self.price!r} must be positive for the price elasticity model")
+        return p
+
+    @property
+    def elasticity(self) -> float | None:
+        return float(self.coef[-1]) if self.price else None
 
     def predict(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None = None) -> np.ndarray:
         out = self.design(ds, regressors) @ self.coef
+        if self.price:
+            demand = np.exp(out)
+            return demand * self._price(regressors, len(out)) if self.revenue else demand
         return np.expm1(out) if self.log else out
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "origin": str(self.origin),
             "t_scale": self.t_scale,
             "fourier": [[float(p), int(o)] for p, o in self.fourier_terms],
@@ -466,6 +487,9 @@ class RegressionModel:
             "coef": [float(v) for v in self.coef],
             "log": self.log,
         }
+        if self.price:  # only then: artifacts of the plain model keep their form
+            out |= {"price": self.price, "revenue": self.revenue, "log_price_mean": self.log_price_mean}
+        return out
 
     @property
     def warm_start(self) -> dict | None:
@@ -484,6 +508,11 @@ class Regression:
     trend_ridge: ClassVar[float] = 10.0
 
     def fit(self, history: pd.DataFrame, ctx: FitContext, init: dict | None = None) -> RegressionModel:
+        opts = elasticity_options(ctx)
+        if opts is not None:
+            model = self.fit_elasticity(history, ctx, opts)
+            if model is not None:
+                return model
         h = _tail(history, self.max_train.get(ctx.freq))
         y = h["y"].to_numpy(dtype=np.float64)
         ok = np.isfinite(y)
@@ -513,6 +542,79 @@ class Regression:
         model.coef = coef
         return model
 
+    # Constant-elasticity mode needs this many periods with positive demand, and at most this
+    # share of zero periods (below that, e.g. intermittent demand, the plain model is fitted).
+    min_positive: ClassVar[int] = 10
+    max_zero_share: ClassVar[float] = 0.3
+
+    def fit_elasticity(self, history: pd.DataFrame, ctx: FitContext, opts: dict) -> RegressionModel | None:
+        """log(demand) = intercept + trend + Fourier + other regressors + elasticity * log(price),
+        fitted on the periods with positive demand (a stock-out week says nothing about the
+        demand curve), so the forecast is the median demand under multiplicative noise.
+
+        Ridge penalties as in the plain model, except on the elasticity: unpenalized, or, with
+        a prior ``(elasticity_prior, elasticity_prior_var)`` (the group's estimate and the
+        between-series variance of elasticities in the group), shrunk toward the prior with
+        weight residual variance / prior variance -- the empirical-Bayes posterior mean, so a
+        short or flat-priced series takes the group's elasticity. None when the series cannot
+        take this model (then the plain regression is fitted)."""
+        price_name = opts["price_column"]
+        h = _tail(history, self.max_train.get(ctx.freq))
+        y = h["y"].to_numpy(dtype=np.float64)
+        price = h[price_name].to_numpy(dtype=np.float64)
+        if not (np.isfinite(price) & (price > 0))[np.isfinite(y)].all():
+            return None
+        revenue = opts.get("target_kind") == "revenue"
+        demand = y / price if revenue else y
+        seen = np.isfinite(demand)
+        ok = seen & (demand > 0)
+        if ok.sum() < self.min_positive or (demand[seen] <= 0).mean() > self.max_zero_share:
+            return None
+        ds = h["ds"].to_numpy().astype("datetime64[D]")
+        regs = tuple(
+            r for r in ctx.regressors if r != price_name and np.ptp(h[r].to_numpy(dtype=np.float64)[ok]) > 0
+        )
+        R = h[list(regs)].to_numpy(dtype=np.float64) if regs else np.zeros((len(y), 0))
+        x_mean = R[ok].mean(axis=0) if regs else np.zeros(0)
+        x_std = R[ok].std(axis=0) if regs else np.zeros(0)
+        x_std = np.where(x_std > 0, x_std, 1.0)
+        # Weekly: 3 yearly Fourier orders, not 6: with about two years of data the price and
+        # its elasticity explain much of the variation, and order 6 overfitted (price_weekly
+        # data, seeds 42 and 7, confirmed on seed 11: docs/forecast-quality.md).
+        yearly = _yearly_order(len(h), ctx.freq, 3 if ctx.freq == "W" else 8)
+        model = RegressionModel(
+            ds[ok][-1],
+            float(max((ds[ok][-1] - ds[ok][0]).astype(np.int64), 1)),
+            tuple(_weekly_terms(ctx, yearly)),
+            regs,
+            x_mean,
+            x_std,
+            np.zeros(0),
+            False,
+            price_name,
+            revenue,
+            float(np.mean(np.log(price[ok]))),
+        )
+        regs_ok = {r: R[ok, j] for j, r in enumerate(regs)} | {price_name: price[ok]}
+        X = model.design(ds[ok], regs_ok)
+        target = np.log(demand[ok])
+        n = len(target)
+        pen = np.full(X.shape[1], self.ridge * n / 100.0 * max(np.var(target), 1e-6))
+        pen[0] = 0.0
+        pen[1] *= self.trend_ridge / self.ridge
+        pen[-1] = 0.0
+        prior = np.zeros(X.shape[1])
+        coef = _penalized_lstsq(X, target, pen, prior)
+        e0, tau2 = opts.get("elasticity_prior"), opts.get("elasticity_prior_var")
+        if e0 is not None and tau2:
+            resid = target - X @ coef
+            sigma2 = float(resid @ resid) / max(n - X.shape[1], 1)
+            pen[-1] = sigma2 / float(tau2)
+            prior[-1] = float(e0)
+            coef = _penalized_lstsq(X, target, pen, prior)
+        model.coef = coef
+        return model
+
     def load(self, payload: dict) -> RegressionModel:
         return RegressionModel(
             np.datetime64(payload["origin"], "D"),
@@ -523,7 +625,75 @@ class Regression:
             np.asarray(payload["x_std"], dtype=np.float64),
             np.asarray(payload["coef"], dtype=np.float64),
             bool(payload["log"]),
+            str(payload.get("price", "")),
+            bool(payload.get("revenue", False)),
+            float(payload.get("log_price_mean", 0.0)),
         )
+
+
+def _penalized_lstsq(X: np.ndarray, z: np.ndarray, pen: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """argmin ||X b - z||^2 + sum_j pen_j (b_j - prior_j)^2."""
+    A = X.T @ X + np.diag(pen)
+    return np.linalg.lstsq(A, X.T @ z + pen * prior, rcond=None)[0]
+
+
+def elasticity_options(ctx: FitContext) -> dict | None:
+    """The regression family's price-elasticity options (``FitContext.options["regression"]``)
+    when they name a price column that is one of the series' regressors, else None."""
+    opts = (ctx.options or {}).get("regression") or {}
+    price = opts.get("price_column")
+    return opts if price and price in ctx.regressors else None
+
+
+def series_elasticity(history: pd.DataFrame, ctx: FitContext) -> tuple[float, float] | None:
+    """(elasticity, its sampling variance) of one series' constant-elasticity fit without a
+    prior; None when the series cannot take the model or its price never moves."""
+    opts = elasticity_options(ctx)
+    if opts is None:
+        return None
+    opts = {k: v for k, v in opts.items() if k not in ("elasticity_prior", "elasticity_prior_var")}
+    reg = Regression()
+    model = reg.fit_elasticity(history, ctx, opts)
+    if model is None:
+        return None
+    h = _tail(history, reg.max_train.get(ctx.freq))
+    y = h["y"].to_numpy(dtype=np.float64)
+    price = h[opts["price_column"]].to_numpy(dtype=np.float64)
+    demand = y / price if model.revenue else y
+    ok = np.isfinite(demand) & (demand > 0)
+    regs = {r: h[r].to_numpy(dtype=np.float64)[ok] for r in (*model.regressor_names, model.price)}
+    X = model.design(h["ds"].to_numpy()[ok], regs)
+    if np.ptp(X[:, -1]) <= 0:
+        return None
+    resid = np.log(demand[ok]) - X @ model.coef
+    sigma2 = float(resid @ resid) / max(len(resid) - X.shape[1], 1)
+    try:
+        var = sigma2 * float(np.linalg.inv(X.T @ X)[-1, -1])
+    except np.linalg.LinAlgError:
+        return None
+    if not np.isfinite(var) or var <= 0:
+        return None
+    return float(model.coef[-1]), var
+
+
+def pooled_elasticities(estimates: dict, min_series: int = 2) -> dict:
+    """Group priors from per-series estimates ``{group: [(elasticity, variance), ...]}``:
+    ``{group: (prior elasticity, between-series variance)}``. The prior is the precision-weighted
+    mean; the between-series variance is the method-of-moments estimate (spread of the estimates
+    beyond their sampling variance), floored at 0.01 so no series is pinned to the group."""
+    out = {}
+    for group, items in estimates.items():
+        if len(items) < min_series:
+            continue
+        e = np.array([i[0] for i in items])
+        v = np.array([i[1] for i in items])
+        tau2 = max(float(np.var(e) - np.mean(v)), 0.01)
+        for _ in range(3):  # weights depend on tau2 and tau2 on the weighted mean
+            w = 1.0 / (v + tau2)
+            mean = float(w @ e / w.sum())
+            tau2 = max(float(np.sum(w * (e - mean) ** 2) / w.sum() - np.average(v, weights=w)), 0.01)
+        out[group] = (mean, tau2)
+    return out
 
 
 # --- intermittent demand: Croston (optimized) and TSB ------------------------------------
@@ -710,6 +880,10 @@ class Ensemble:
 
 # --- the registry -------------------------------------------------------------------------
 
+# The global family's per-series side (its shared LightGBM model is fitted across series,
+# outside any one series' fit: mm_platform/forecasting/global_lgbm.py).
+from mm_platform.forecasting.global_lgbm import GlobalLGBM  # noqa: E402
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -723,6 +897,7 @@ FAMILIES: dict[str, Family] = {
         Croston(),
         TSB(),
         Ensemble(),
+        GlobalLGBM(),
     )
 }
 
@@ -735,6 +910,7 @@ COST_ORDER: tuple[str, ...] = (
     "theta",
     "ets",
     "prophet",
+    "global_lgbm",
     "arima",
     "ensemble",
     "prophet_library",

@@ -52,7 +52,7 @@ def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
         fallback=auto.fallback,
         interval_method=cfg.algorithm.interval_method,
         max_horizon=cfg.horizon,
-        options={"ensemble": list(auto.ensemble)},
+        options={"ensemble": list(auto.ensemble), "regression": cfg.algorithm.regression.model_dump()},
     )
 
 

@@ -4,6 +4,7 @@ import dagster as dg
 
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import DatasetResource, RegistryResource, WarehouseResource
+from mm_platform.errors import user_errors_as_failures
 from mm_platform.pipeline import promote
 
 
@@ -15,6 +16,7 @@ from mm_platform.pipeline import promote
     description="Applies the promotion rules to each series' newest trained model and copies those that "
     "qualify into the separate production registry; every decision is logged with its rule values.",
 )
+@user_errors_as_failures
 def promoted_models(
     context: dg.AssetExecutionContext,
     dataset: DatasetResource,

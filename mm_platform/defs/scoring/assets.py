@@ -6,7 +6,7 @@ from pyspark.sql import functions as F
 
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
-from mm_platform.pipeline import ErrorThresholdExceeded
+from mm_platform.errors import user_errors_as_failures
 from mm_platform.plots import png_markdown, sample_forecasts_png
 from mm_platform.scoring import score_and_write
 from mm_platform.spark_jobs import read_training_set
@@ -23,6 +23,7 @@ from mm_platform.spark_jobs import read_training_set
     "tables are replaced in one transaction. A series whose model fails is reported, not fatal, up to "
     "the `scoring` error threshold.",
 )
+@user_errors_as_failures
 def batch_predictions(
     context: dg.AssetExecutionContext,
     dataset: DatasetResource,
@@ -34,12 +35,9 @@ def batch_predictions(
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     spark = pyspark.spark_session
-    try:
-        outcome = score_and_write(
-            spark, lake.lake(), cfg, run_date, production_registry.registry(), warehouse.warehouse(), context.run_id
-        )
-    except ErrorThresholdExceeded as err:
-        raise dg.Failure(description=str(err), allow_retries=False) from None
+    outcome = score_and_write(
+        spark, lake.lake(), cfg, run_date, production_registry.registry(), warehouse.warehouse(), context.run_id
+    )
     preds, report = outcome.predictions, outcome.report
     for row in report[report["status"] == "failed"].head(20).itertuples():
         context.log.error(f"series {row.series_id} not scored: {row.reason}")
@@ -78,6 +76,7 @@ def batch_predictions(
     description="Aggregated accuracy and run metrics (`forecast_metrics`) and the BI views "
     "(v_latest_predictions, v_series_accuracy, v_scoring_report, v_run_summary, v_promotion_log).",
 )
+@user_errors_as_failures
 def forecast_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     row = warehouse.warehouse().refresh_metrics(date.fromisoformat(context.partition_key))
     return dg.MaterializeResult(metadata={k: v for k, v in row.items() if k not in ("dataset", "run_date") and v is not None})

@@ -5,7 +5,8 @@ from dagster_pyspark import PySparkResource
 
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
-from mm_platform.pipeline import ErrorThresholdExceeded, train_and_register
+from mm_platform.errors import user_errors_as_failures
+from mm_platform.pipeline import train_and_register
 from mm_platform.plots import accuracy_histogram_png, png_markdown
 from mm_platform.spark_jobs import build_training_sets
 
@@ -19,6 +20,7 @@ from mm_platform.spark_jobs import build_training_sets
     "and sorted by series so one series is read without scanning all). On a local or shared-volume lake Spark "
     "tasks split the raw files by bucket and sort each bucket with pyarrow; the new set replaces the old in a rename.",
 )
+@user_errors_as_failures
 def training_sets(
     context: dg.AssetExecutionContext, dataset: DatasetResource, lake: LakeResource, pyspark: PySparkResource
 ) -> dg.MaterializeResult:
@@ -40,6 +42,7 @@ def training_sets(
     "data is unchanged keep their model, changed ones are warm-started from it. Each new model is registered in "
     "the training MLflow registry with tags.",
 )
+@user_errors_as_failures
 def model_set(
     context: dg.AssetExecutionContext,
     dataset: DatasetResource,
@@ -50,12 +53,9 @@ def model_set(
 ) -> dg.MaterializeResult:
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
-    try:
-        outcome = train_and_register(
-            pyspark.spark_session, lake.lake(), cfg, run_date, training_registry.registry(), warehouse.warehouse(), context.run_id
-        )
-    except ErrorThresholdExceeded as err:
-        raise dg.Failure(description=str(err), allow_retries=False) from None
+    outcome = train_and_register(
+        pyspark.spark_session, lake.lake(), cfg, run_date, training_registry.registry(), warehouse.warehouse(), context.run_id
+    )
     trained = outcome.report[outcome.report["status"] == "trained"]
     problems = outcome.report[outcome.report["status"] != "trained"][["series_id", "status", "reason"]]
     summary = trained[["wape", "mape", "rmse", "naive_wape", "naive_mape"]].describe().T[["mean", "50%", "min", "max"]]

@@ -1,0 +1,456 @@
+"""A global family: one LightGBM model trained across the series of a dataset (or of one group
+of a key), used per series like any local family.
+
+Two parts, so that per-series lookup, batch scoring and serving stay per series:
+
+- the **shared model** (:class:`GlobalModel`): the LightGBM booster (``model_to_string()``)
+  plus its :class:`FeatureSpec` (lags, rolling means, calendar features, regressors, key
+  columns and their category codes). Fitted once per training origin by :func:`fit_global`
+  on every series' rows up to that date; serialised by :meth:`GlobalModel.to_json` and
+  identified by the sha256 of that text.
+- the **per-series model** (:class:`GlobalSeriesModel`, family ``global_lgbm``): a reference
+  to the shared model's sha256, the series' key values, its scale and the recent history the
+  lags need. Its compact form is small; :meth:`GlobalLGBM.load` resolves the reference
+  through :func:`resolve_shared` (an in-process cache, plus a resolver hook an integrator
+  sets to read and verify the shared artifact).
+
+Forecasts are **recursive**: one model predicts one step ahead from lags 1.., and each
+forecast is fed back as the next step's lag. Chosen over direct forecasting (one model per
+step, or lags >= horizon) because one model serves every horizon and every training origin,
+the near steps use the most recent values, and the main drivers of these datasets (planned
+prices, promotions, calendar) are known for every future step, so fed-back errors matter
+less; the cost is ``horizon`` booster calls per forecast.
+
+Targets are divided by each series' recent mean level (``FeatureSpec.scale_window``), so one
+model fits series of any volume; the log of that level is a feature. Pure: numpy, pandas and
+lightgbm only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+FAMILY = "global_lgbm"
+
+DEFAULT_PARAMS = {
+    "objective": "l2",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 50,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "verbose": -1,
+    "seed": 7,
+    "deterministic": True,
+    "force_row_wise": True,
+    # One thread unless asked: on busy cores OpenMP threads spin-wait (measured 15x the CPU
+    # time of one thread on a loaded 2-core machine).
+    "num_threads": 1,
+}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the features of one row are: everything predict needs besides the booster."""
+
+    freq: str  # "D" or "W"
+    lags: tuple[int, ...]
+    windows: tuple[int, ...]  # rolling means of the lagged target (lag 1 .. window)
+    regressors: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    categories: dict[str, list[str]] = field(default_factory=dict)  # key -> known values (code = index)
+    scale_window: int = 56
+    max_train: int = 730  # periods per series before the origin used for training
+    rounds: int = 300
+
+    @classmethod
+    def default(cls, freq: str, regressors=(), keys=(), **over) -> FeatureSpec:
+        if freq == "W":
+            base = {"lags": (1, 2, 3, 4, 8, 13, 26, 52), "windows": (4, 13, 52), "scale_window": 26, "max_train": 260}
+        else:
+            base = {"lags": (1, 2, 3, 4, 5, 6, 7, 14, 21, 28), "windows": (7, 28, 91), "scale_window": 56, "max_train": 730}
+        return cls(freq=freq, regressors=tuple(regressors), keys=tuple(keys), **(base | over))
+
+    @property
+    def memory(self) -> int:
+        """History periods a per-series model keeps: the longest lag or window."""
+        return max(max(self.lags), max(self.windows))
+
+    @property
+    def step_days(self) -> int:
+        return 7 if self.freq == "W" else 1
+
+    def feature_names(self) -> list[str]:
+        cal = ["week_of_year", "month"] if self.freq == "W" else ["day_of_week", "day_of_year", "month"]
+        return [
+            *(f"lag_{k}" for k in self.lags),
+            *(f"mean_{w}" for w in self.windows),
+            "log_scale",
+            *cal,
+            *(f"x_{r}" for r in self.regressors),
+            *(f"rel_{r}" for r in self.regressors),
+            *(f"key_{k}" for k in self.keys),
+        ]
+
+    def key_codes(self, key_values: dict) -> list[float]:
+        out = []
+        for k in self.keys:
+            known = self.categories.get(k, [])
+            v = str(key_values.get(k))
+            out.append(float(known.index(v)) if v in known else np.nan)
+        return out
+
+
+def _calendar(ds: np.ndarray, freq: str) -> np.ndarray:
+    idx = pd.DatetimeIndex(np.asarray(ds, dtype="datetime64[ns]"))
+    if freq == "W":
+        return np.column_stack([idx.isocalendar().week.to_numpy(dtype=np.float64), idx.month.to_numpy(dtype=np.float64)])
+    return np.column_stack(
+        [idx.dayofweek.to_numpy(dtype=np.float64), idx.dayofyear.to_numpy(dtype=np.float64), idx.month.to_numpy(dtype=np.float64)]
+    )
+
+
+def series_scale(y: np.ndarray, window: int) -> float:
+    """The series' recent mean level (mean |y| over the last ``window`` observed periods, else
+    over all): the unit of its target and lags."""
+    y = np.asarray(y, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    for part in (y[-window:], y):
+        if len(part) and np.abs(part).mean() > 0:
+            return float(np.abs(part).mean())
+    return 1.0
+
+
+def _lag_features(z: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Lag and rolling-mean columns for every position of the scaled series ``z`` (row t uses
+    z[:t] only)."""
+    n = len(z)
+    cols = []
+    for k in spec.lags:
+        c = np.full(n, np.nan)
+        if k < n:
+            c[k:] = z[: n - k]
+        cols.append(c)
+    filled = np.where(np.isfinite(z), z, 0.0)
+    seen = np.isfinite(z).astype(np.float64)
+    cs = np.concatenate([[0.0], np.cumsum(filled)])
+    cn = np.concatenate([[0.0], np.cumsum(seen)])
+    t = np.arange(n)
+    for w in spec.windows:
+        lo = np.maximum(t - w, 0)
+        num, den = cs[t] - cs[lo], cn[t] - cn[lo]
+        cols.append(np.where(den > 0, num / np.maximum(den, 1), np.nan))
+    return np.column_stack(cols)
+
+
+def _regressor_features(frame_regs: dict[str, np.ndarray], means: dict[str, float], spec: FeatureSpec, n: int) -> np.ndarray:
+    raw, rel = [], []
+    for r in spec.regressors:
+        v = np.asarray(frame_regs[r], dtype=np.float64).reshape(-1)
+        if v.shape[0] != n:
+            raise ValueError(f"regressor {r!r} has {v.shape[0]} values for {n} dates")
+        raw.append(v)
+        m = means.get(r, 0.0)
+        # Relative to the series' own mean (e.g. a price against its usual price): comparable
+        # across series of any price level.
+        rel.append(v / m if m else np.full(n, np.nan))
+    return np.column_stack(raw + rel) if raw else np.zeros((n, 0))
+
+
+def _regressor_means(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, float]:
+    return {r: float(np.nanmean(frame[r].to_numpy(dtype=np.float64))) for r in spec.regressors}
+
+
+def training_rows(history: pd.DataFrame, key_values: dict, spec: FeatureSpec, origin=None) -> tuple[np.ndarray, np.ndarray]:
+    """(features, scaled target) of one regularized series' rows up to ``origin`` (a date; all
+    rows when None), at most ``spec.max_train`` of them. Everything is computed from those rows."""
+    h = history
+    if origin is not None:
+        h = h[h["ds"] <= pd.Timestamp(origin)]
+    y = h["y"].to_numpy(dtype=np.float64)
+    if not np.isfinite(y).any():
+        return np.zeros((0, len(spec.feature_names()))), np.zeros(0)
+    scale = series_scale(y, spec.scale_window)
+    means = _regressor_means(h.iloc[-spec.max_train :], spec)  # as series_model computes them
+    z = y / scale
+    n = len(z)
+    X = np.column_stack(
+        [
+            _lag_features(z, spec),
+            np.full(n, np.log(scale)),
+            _calendar(h["ds"].to_numpy(), spec.freq),
+            _regressor_features({r: h[r].to_numpy() for r in spec.regressors}, means, spec, n),
+            np.tile(spec.key_codes(key_values), (n, 1)) if spec.keys else np.zeros((n, 0)),
+        ]
+    )
+    keep = np.isfinite(z) & np.isfinite(X[:, 0])  # a target and at least lag 1
+    keep[: max(0, n - spec.max_train)] = False
+    return X[keep], z[keep]
+
+
+@dataclass
+class GlobalModel:
+    """The shared part: booster text and feature spec."""
+
+    spec: FeatureSpec
+    booster_text: str
+    origin: str = ""  # last date of the training data
+    n_series: int = 0
+    n_rows: int = 0
+    _booster: object = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> str:
+        spec = asdict(self.spec)
+        payload = {
+            "family": FAMILY,
+            "spec": spec,
+            "origin": self.origin,
+            "n_series": self.n_series,
+            "n_rows": self.n_rows,
+            "booster": self.booster_text,
+        }
+        return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str) -> GlobalModel:
+        p = json.loads(text)
+        s = p["spec"]
+        spec = FeatureSpec(
+            freq=s["freq"],
+            lags=tuple(s["lags"]),
+            windows=tuple(s["windows"]),
+            regressors=tuple(s["regressors"]),
+            keys=tuple(s["keys"]),
+            categories={k: list(v) for k, v in s["categories"].items()},
+            scale_window=int(s["scale_window"]),
+            max_train=int(s["max_train"]),
+            rounds=int(s["rounds"]),
+        )
+        return cls(spec, p["booster"], p.get("origin", ""), int(p.get("n_series", 0)), int(p.get("n_rows", 0)))
+
+    @property
+    def booster(self):
+        if self._booster is None:
+            import lightgbm as lgb
+
+            self._booster = lgb.Booster(model_str=self.booster_text)
+        return self._booster
+
+    def predict_rows(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(X, num_threads=1), dtype=np.float64)
+
+
+def fit_global(
+    series: list[tuple[dict, pd.DataFrame]],
+    spec: FeatureSpec,
+    origin=None,
+    params: dict | None = None,
+    num_threads: int = 0,
+) -> GlobalModel:
+    """One LightGBM model on every series' rows up to ``origin``. ``series``: (key values,
+    regularized history with ds, y and the regressors). Key categories come from ``series``."""
+    import lightgbm as lgb
+
+    if spec.keys and not spec.categories:
+        cats = {k: sorted({str(kv.get(k)) for kv, _ in series}) for k in spec.keys}
+        spec = FeatureSpec(**{**asdict(spec), "categories": cats})
+    Xs, zs = [], []
+    for kv, h in series:
+        X, z = training_rows(h, kv, spec, origin)
+        if len(z):
+            Xs.append(X)
+            zs.append(z)
+    if not zs:
+        raise ValueError("no training rows for the global model")
+    X, z = np.vstack(Xs), np.concatenate(zs)
+    names = spec.feature_names()
+    cat = [names.index(f"key_{k}") for k in spec.keys]
+    p = DEFAULT_PARAMS | (params or {}) | ({"num_threads": num_threads} if num_threads else {})
+    data = lgb.Dataset(X, z, feature_name=names, categorical_feature=cat or "auto", free_raw_data=True)
+    booster = lgb.train(p, data, num_boost_round=spec.rounds)
+    return GlobalModel(spec, booster.model_to_string(), str(origin or ""), len(Xs), len(z), booster)
+
+
+# --- the shared models a process knows --------------------------------------------------------
+
+_SHARED: dict[str, GlobalModel] = {}
+_resolver: Callable[[str], str] | None = None
+
+
+def register_shared(model: GlobalModel) -> str:
+    """Make ``model`` resolvable in this process by its sha256; returns the sha256."""
+    sha = model.sha256
+    _SHARED[sha] = model
+    return sha
+
+
+def set_resolver(fn: Callable[[str], str] | None) -> None:
+    """``fn(sha256) -> the shared model's JSON text``, e.g. read from the artifact store; the
+    text is checked against the sha256 before use."""
+    global _resolver
+    _resolver = fn
+
+
+def resolve_shared(sha: str) -> GlobalModel:
+    if sha in _SHARED:
+        return _SHARED[sha]
+    if _resolver is None:
+        raise ValueError(f"shared global model {sha[:12]} is not available in this process")
+    text = _resolver(sha)
+    if hashlib.sha256(text.encode()).hexdigest() != sha:
+        raise ValueError(f"shared global model {sha[:12]}: content does not match its sha256")
+    model = GlobalModel.from_json(text)
+    _SHARED[sha] = model
+    return model
+
+
+# --- the per-series model and the family ------------------------------------------------------
+
+
+@dataclass
+class GlobalSeriesModel:
+    family: ClassVar[str] = FAMILY
+    shared_sha: str
+    key_values: dict
+    scale: float
+    tail: np.ndarray  # the last spec.memory scaled targets (NaN where missing)
+    last_ds: np.datetime64
+    regressor_means: dict
+    private: GlobalModel | None = None  # a model of this series alone, stored inline
+
+    @property
+    def shared(self) -> GlobalModel:
+        return self.private if self.private is not None else resolve_shared(self.shared_sha)
+
+    def predict(self, ds: np.ndarray, regressors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        shared = self.shared
+        spec = shared.spec
+        ds = np.asarray(ds, dtype="datetime64[D]")
+        steps = (ds - self.last_ds).astype(np.int64) // spec.step_days
+        if len(steps) and (steps < 1).any():
+            raise ValueError("the global model can only forecast dates after its last observation")
+        if not len(steps):
+            return np.zeros(0)
+        horizon = int(steps.max())
+        all_ds = self.last_ds + np.timedelta64(spec.step_days, "D") * np.arange(1, horizon + 1)
+        regressors = regressors or {}
+        # Regressor values on every step up to the furthest requested date (the last given one
+        # carried to steps that were not asked for).
+        regs = {}
+        for r in spec.regressors:
+            if r not in regressors:
+                raise ValueError(f"regressor {r!r} missing: values are needed for every predicted date")
+            v = np.asarray(regressors[r], dtype=np.float64).reshape(-1)
+            if v.shape[0] != len(ds):
+                raise ValueError(f"regressor {r!r} has {v.shape[0]} values for {len(ds)} dates")
+            full = np.full(horizon, np.nan)
+            full[steps - 1] = v
+            regs[r] = pd.Series(full).ffill().bfill().to_numpy()
+        static = np.column_stack(
+            [
+                np.full(horizon, np.log(self.scale)),
+                _calendar(all_ds, spec.freq),
+                _regressor_features(regs, self.regressor_means, spec, horizon),
+                np.tile(spec.key_codes(self.key_values), (horizon, 1)) if spec.keys else np.zeros((horizon, 0)),
+            ]
+        )
+        z = np.concatenate([self.tail, np.zeros(horizon)])
+        start = len(self.tail)
+        out = np.empty(horizon)
+        m = spec.memory
+        for h in range(horizon):
+            lags = _lag_features(z[max(0, start + h - m) : start + h + 1], spec)[-1]
+            x = np.concatenate([lags, static[h]])[None, :]
+            out[h] = shared.predict_rows(x)[0]
+            z[start + h] = out[h]
+        return out[steps - 1] * self.scale
+
+    def to_dict(self) -> dict:
+        return {
+            "shared_sha256": self.shared_sha,
+            "keys": {k: str(v) for k, v in self.key_values.items()},
+            "scale": self.scale,
+            "tail": [None if not np.isfinite(v) else float(v) for v in self.tail],
+            "last_ds": str(self.last_ds),
+            "regressor_means": {k: float(v) for k, v in self.regressor_means.items()},
+            **({"private_model": self.private.to_json()} if self.private is not None else {}),
+        }
+
+    @property
+    def warm_start(self) -> dict | None:
+        return None
+
+
+def series_model(shared: GlobalModel, sha: str, history: pd.DataFrame, key_values: dict) -> GlobalSeriesModel:
+    """The per-series model of one series (regularized history ending at the forecast origin)."""
+    spec = shared.spec
+    h = history.iloc[-spec.max_train :]
+    y = h["y"].to_numpy(dtype=np.float64)
+    if not np.isfinite(y).any():
+        raise ValueError("no observed values")
+    scale = series_scale(y, spec.scale_window)
+    tail = (y / scale)[-spec.memory :]
+    return GlobalSeriesModel(
+        sha,
+        dict(key_values),
+        scale,
+        tail,
+        np.datetime64(pd.Timestamp(h["ds"].iloc[-1]).date(), "D"),
+        _regressor_means(h, spec),
+    )
+
+
+class GlobalLGBM:
+    """The per-series side of the global family. ``fit`` fits nothing: it takes the shared
+    model fitted on every series up to the history's last date, from
+    ``FitContext.options["global_lgbm"]``: ``{"models": {origin date: sha256}, "keys": {key:
+    value}}`` (per series), and keeps what the series' forecasts need. Without that option
+    (e.g. a caller that fits no shared models) it fits a private model on the series alone
+    and stores it inline: correct everywhere, but a LightGBM fit per series and fold."""
+
+    name: ClassVar[str] = FAMILY
+
+    # Rounds of the private model of one series (no shared model set up): small data.
+    private_rounds: ClassVar[int] = 100
+
+    def fit(self, history: pd.DataFrame, ctx, init: dict | None = None) -> GlobalSeriesModel:
+        opts = (ctx.options or {}).get(FAMILY)
+        if not opts or "models" not in opts:
+            # No shared models were set up (a single series, or a caller that does not fit
+            # them): a model of this series alone, stored inline in its compact form.
+            spec = FeatureSpec.default(ctx.freq, ctx.regressors, (), rounds=self.private_rounds)
+            own = fit_global([({}, history)], spec, None, params={"min_data_in_leaf": 10})
+            model = series_model(own, own.sha256, history, {})
+            model.private = own
+            return model
+        origin = str(pd.Timestamp(history["ds"].iloc[-1]).date())
+        sha = opts["models"].get(origin)
+        if sha is None:
+            raise ValueError(f"no shared global model fitted up to {origin}")
+        shared = resolve_shared(sha)
+        return series_model(shared, sha, history, opts.get("keys") or {})
+
+    def load(self, payload: dict) -> GlobalSeriesModel:
+        tail = np.asarray([np.nan if v is None else v for v in payload["tail"]], dtype=np.float64)
+        return GlobalSeriesModel(
+            str(payload["shared_sha256"]),
+            dict(payload.get("keys", {})),
+            float(payload["scale"]),
+            tail,
+            np.datetime64(payload["last_ds"], "D"),
+            dict(payload.get("regressor_means", {})),
+            GlobalModel.from_json(payload["private_model"]) if "private_model" in payload else None,
+        )
