@@ -8,7 +8,8 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime
 
-from mm_platform.registry import ModelRegistry, RegisteredModel, model_name, series_id
+from mm_platform.core.vocabulary import model_name, series_id
+from mm_platform.stores.registry import ModelRegistry, RegisteredModel
 
 METRICS = ("mape", "wape", "rmse", "naive_mape", "naive_wape", "naive_rmse")
 

@@ -84,7 +84,7 @@ def build_registry(workdir: Path, models: int, family: str, fresh: bool) -> tupl
     """A production registry with ``models`` models (reused when already built)."""
     from benchmarks.seeding import fast_sqlite_writes, production_tags, register_production
     from mm_platform.config import load_config
-    from mm_platform.pipeline import production_registry
+    from mm_platform.stores.registry import production_registry
 
     home = workdir / f"{family}-{models}-v{BUILD_FORMAT}"
     ready = home / "READY"

@@ -71,7 +71,7 @@ def generate_into_lake(home: Path, series: int, days: int, seed: int = 42) -> in
     """Generated sales written straight into the lake's raw table (the ingestion step is not benchmarked)."""
     from mm_platform.config import load_config
     from mm_platform.datagen import iter_sales_chunks
-    from mm_platform.lake import Lake
+    from mm_platform.stores.lake import Lake
 
     cfg = load_config(home / "bench.yaml")
     lake = Lake(cfg.storage.lake_url)
@@ -99,7 +99,7 @@ def create_stores(home: Path) -> None:
     """The training registry's tables, created before anything is timed: a deployment creates
     them once, on its first run, not on every run (≈ 0.6 core-s of MLflow migrations on SQLite)."""
     from mm_platform.config import load_config
-    from mm_platform.pipeline import training_registry
+    from mm_platform.stores.registry import training_registry
 
     cfg = load_config(home / "bench.yaml")
     training_registry(cfg).latest_by_series(cfg.name)
@@ -253,8 +253,8 @@ def worker(argv: list[str]) -> None:
     a = p.parse_args(argv)
     _quiet()
     from mm_platform.config import load_config
-    from mm_platform.lake import Lake
-    from mm_platform.spark_jobs import get_session
+    from mm_platform.spark.session import get_session
+    from mm_platform.stores.lake import Lake
 
     home = Path(a.home)
     cfg = load_config(home / "bench.yaml")
@@ -263,9 +263,9 @@ def worker(argv: list[str]) -> None:
     spark.range(4).count()  # the JVM up before the timed part (Python's daemon and workers start inside it)
     out: dict = {}
     if a.role in ("ours-train", "ours-retrain"):
-        from mm_platform.pipeline import train_and_register, training_registry
-        from mm_platform.spark_jobs import build_training_sets
-        from mm_platform.warehouse import Warehouse
+        from mm_platform.steps.train import build_training_sets, train_and_register
+        from mm_platform.stores.registry import training_registry
+        from mm_platform.stores.warehouse import Warehouse
 
         if a.role == "ours-retrain":
             _change_series(lake, cfg, a.changed_fraction)  # untimed: the day's new data
@@ -289,18 +289,20 @@ def worker(argv: list[str]) -> None:
         out = {"series": len(rep), "trained": int((rep["status"] == "trained").sum()),
                "registered": outcome.registered, "unchanged": outcome.unchanged, "failed": outcome.failed}
     elif a.role == "promote-all":
-        from mm_platform.pipeline import production_registry, promote, training_registry
-        from mm_platform.warehouse import Warehouse
+        from mm_platform.steps.promote import promote
+        from mm_platform.stores.registry import production_registry, training_registry
+        from mm_platform.stores.training_sets import training_set_store
+        from mm_platform.stores.warehouse import Warehouse
 
         _mark("start")
         o = promote(cfg, RUN_DATE, training_registry(cfg), production_registry(cfg, writable=True),
-                    Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys))
+                    Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys), training_set_store(lake, cfg))
         _mark("end")
         out = {"promoted": o.promoted}
     elif a.role == "ours-score":
-        from mm_platform.pipeline import production_registry
-        from mm_platform.scoring import score_and_write
-        from mm_platform.warehouse import Warehouse
+        from mm_platform.steps.score import score_and_write
+        from mm_platform.stores.registry import production_registry
+        from mm_platform.stores.warehouse import Warehouse
 
         if a.warm:
             # A session that has already scored once (a long-running cluster that ran
@@ -406,7 +408,7 @@ def _baseline(spark, lake, cfg, role: str, n: int, home: Path, warm_home: Path |
     if role == "baseline-train":
         if warm_home is not None:
             from mm_platform.config import load_config
-            from mm_platform.lake import Lake
+            from mm_platform.stores.lake import Lake
 
             warm_lake = Lake(load_config(warm_home / "bench.yaml").storage.lake_url)
             _subset(spark, warm_lake, cfg, n).groupBy("store", "item").applyInPandas(
@@ -466,7 +468,7 @@ def cmd_bench(args) -> int:
     if args.plain_session:
         report["spark_session"] = "plain: Spark's defaults"
     else:
-        from mm_platform.jvm_archive import existing_archive
+        from mm_platform.spark.jvm_archive import existing_archive
 
         archive = existing_archive()
         report["spark_session"] = "tuned: preloading Python daemon, C1 JVM, " + (

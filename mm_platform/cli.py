@@ -15,7 +15,7 @@ import warnings
 from datetime import date
 
 from mm_platform.config import ConfigError, load_config
-from mm_platform.errors import USER_ERROR_METADATA_KEY, USER_ERROR_TRACEBACK_KEY, UserError, one_line
+from mm_platform.core.errors import USER_ERROR_METADATA_KEY, USER_ERROR_TRACEBACK_KEY, UserError, one_line
 
 
 def _quiet() -> None:
@@ -62,8 +62,8 @@ def cmd_generate(args) -> int:
 
 
 def latest_source_date(cfg) -> date:
-    # By date semantics, ignoring unparsable dates (ingestion quarantines them): mm_platform.ingestion.
-    from mm_platform.ingestion import newest_actual_date
+    # By date semantics, ignoring unparsable dates (ingestion quarantines them): mm_platform.steps.ingest.
+    from mm_platform.steps.ingest import newest_actual_date
 
     value = newest_actual_date(cfg)
     if value is None:
@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
 
     from mm_platform.definitions import defs
     from mm_platform.defs.resources import build_resources
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.stores.warehouse import Warehouse
 
     cfg = load_config(args.config)
     if args.config:
@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
     check_source_exists(cfg)
     run_date = args.run_date or latest_source_date(cfg)
     check_run_date(cfg, run_date)
-    from mm_platform.home import hold_run_lock
+    from mm_platform.stores.home import hold_run_lock
 
     # One run per home and dataset; held until this function returns (or the process dies).
     home_lock = hold_run_lock(cfg, run_date, wait=getattr(args, "wait", False))  # noqa: F841
@@ -96,16 +96,25 @@ def cmd_run(args) -> int:
     log_level = args.log_level or ("DEBUG" if debug else "CRITICAL")
     started = time.time()
     graph = defs()
-    assets = list(graph.assets)
-    with _jvm_output_hidden(not debug and not args.log_level):
+    # The assets and their checks: the checks' results go to the instance and the summary.
+    assets = [*graph.assets, *(graph.asset_checks or [])]
+    with dagster_instance(args.ephemeral) as instance, _jvm_output_hidden(not debug and not args.log_level):
         result = dg.materialize(
             assets,
             partition_key=str(run_date),
             resources=build_resources(cfg, os.path.abspath(args.config) if args.config else ""),
-            instance=dg.DagsterInstance.ephemeral() if args.ephemeral else None,
+            instance=instance,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            tags={LAUNCHED_BY_TAG: "mm-platform run"},
         )
+    evaluations = result.get_asset_check_evaluations()
+    blocked = [e for e in evaluations if not e.passed and e.blocking and e.severity == dg.AssetCheckSeverity.ERROR]
+    if blocked:  # the run stopped at a quality gate: the input is what is wrong, not the code
+        for e in blocked:
+            print(f"mm-platform: check {e.check_name} on {e.asset_key.to_user_string()} failed: "
+                  f"{one_line(Exception(e.description or 'no description'))}", file=sys.stderr)
+        return 2
     if not result.success:
         return report_step_failures(result, debug)
 
@@ -127,6 +136,9 @@ def cmd_run(args) -> int:
         "warehouse_url": wh.engine.url.render_as_string(hide_password=True),
         "training_registry_uri": cfg.storage.training_registry_uri,
         "production_registry_uri": cfg.storage.production_registry_uri,
+        "checks": {e.check_name: "passed" if e.passed else "failed" for e in evaluations},
+        "check_warnings": [f"{e.check_name}: {e.description}" for e in evaluations if not e.passed],
+        "dagster_run_id": None if args.ephemeral else result.run_id,
         "seconds": round(time.time() - started, 2),
     }
     wh.dispose()
@@ -134,36 +146,93 @@ def cmd_run(args) -> int:
     return 0
 
 
+LAUNCHED_BY_TAG = "mm_platform/launched_by"
+
+# The instance `mm-platform` writes to when $DAGSTER_HOME is unset: the same settings as the
+# repo's dagster.yaml (which the Makefile copies to $MM_HOME/dagster for `make dev`).
+DEFAULT_DAGSTER_YAML = """# Written by mm-platform: local SQLite run/event/schedule storage in this folder.
+telemetry:
+  enabled: false
+run_queue:
+  max_concurrent_runs: 1  # Spark in local mode uses all cores; one run at a time
+"""
+
+
+def dagster_home() -> str:
+    """$DAGSTER_HOME (absolute), else $MM_HOME/dagster, the folder `make dev` opens; a folder
+    that does not exist yet is created with DEFAULT_DAGSTER_YAML."""
+    from pathlib import Path
+
+    from mm_platform.config import mm_home
+
+    home = Path(os.environ.get("DAGSTER_HOME") or mm_home() / "dagster").expanduser().resolve()
+    if not home.exists():
+        home.mkdir(parents=True)
+        (home / "dagster.yaml").write_text(DEFAULT_DAGSTER_YAML)
+    elif not home.is_dir():
+        raise UserError(f"DAGSTER_HOME {home} is not a folder")
+    os.environ["DAGSTER_HOME"] = str(home)  # Dagster's own lookups (and child processes) agree
+    return str(home)
+
+
+def dagster_instance(ephemeral: bool = False):
+    """The persistent Dagster instance runs are recorded in (see dagster_home), or an
+    ephemeral one; a context manager that disposes of it."""
+    import dagster as dg
+
+    return dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.from_config(dagster_home())
+
+
+def launch_job(name: str, run_config: dict, args, operation: str):
+    """Run job ``name`` of the code location in-process, recorded in the instance. The op's
+    output on success, else None after printing the failure (``args.exit_code`` is set)."""
+    from mm_platform.definitions import defs
+
+    if args.config:  # the code location's resources read the dataset config from $MM_CONFIG
+        os.environ["MM_CONFIG"] = os.path.abspath(args.config)
+    job = defs().resolve_job_def(name)
+    debug = getattr(args, "debug", False)
+    log_level = "DEBUG" if debug else "CRITICAL"  # quiet: a failure is printed as one line below
+    with dagster_instance(getattr(args, "ephemeral", False)) as instance, _jvm_output_hidden(not debug):
+        result = job.execute_in_process(
+            run_config={**run_config, "loggers": {"console": {"config": {"log_level": log_level}}}},
+            instance=instance, raise_on_error=False, tags={LAUNCHED_BY_TAG: operation},
+        )
+    if not result.success:
+        args.exit_code = report_step_failures(result, debug)
+        return None
+    (node,) = [n.name for n in job.graph.node_defs]
+    return result.output_for_node(node)
+
+
 def cmd_retrain(args) -> int:
-    from mm_platform.lake import Lake
-    from mm_platform.pipeline import failed_series, train_and_register, training_registry
-    from mm_platform.spark_jobs import get_session
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.defs.operations.jobs import RETRAIN_JOB
 
     cfg = load_config(args.config)
+    # Checked before the instance is opened: a missing home stays missing.
     _require_store(cfg.storage.warehouse_url, "warehouse", "there is no training run to repair")
-    wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
-    run_date, series = failed_series(wh, args.run_date)
-    if not series:
-        print(json.dumps({"run_date": str(run_date) if run_date else None, "retrained": 0, "note": "no failed series"}))
-        return 0
-    spark = get_session(cfg.spark)
-    outcome = train_and_register(spark, Lake(cfg.storage.lake_url), cfg, run_date, training_registry(cfg), wh, "retrain-failed", series)
-    print(json.dumps({"run_date": str(run_date), "retried": len(series), "registered": outcome.registered,
-                      "still_failed": outcome.failed, "skipped": outcome.skipped}))
+    config = {"run_date": str(args.run_date) if args.run_date else None}
+    out = launch_job(RETRAIN_JOB, {"ops": {"retrain_failed_series": {"config": config}}}, args, "mm-platform retrain --failed")
+    if out is None:
+        return args.exit_code
+    if not out["retried"]:
+        print(json.dumps({"run_date": out["run_date"], "retrained": 0, "note": "no failed series"}))
+    else:
+        print(json.dumps(out))
     return 0
 
 
 def cmd_rollback(args) -> int:
-    from mm_platform.pipeline import production_registry, rollback
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.defs.operations.jobs import ROLLBACK_JOB
 
     cfg = load_config(args.config)
     _require_store(cfg.storage.production_registry_uri, "production registry", "there is nothing to roll back")
-    log = rollback(cfg, production_registry(cfg, writable=True), Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys),
-                   args.series, args.to_version)
-    for row in log.to_dict("records"):
-        print(json.dumps({k: row[k] for k in ("series_id", "model_name", "production_version", "reasons")}))
+    config = {"series": list(args.series), "to_version": args.to_version}
+    rows = launch_job(ROLLBACK_JOB, {"ops": {"rollback_series": {"config": config}}}, args, "mm-platform rollback")
+    if rows is None:
+        return args.exit_code
+    for row in rows:
+        print(json.dumps(row))
     return 0
 
 
@@ -176,7 +245,7 @@ def cmd_jvm_archive(args) -> int:
 def _require_store(url: str, what: str, consequence: str) -> None:
     """A command that only reads or repairs a home must not create it: a missing SQLite store
     is a user error (one line), not a new empty database."""
-    from mm_platform.sql import missing_sqlite_file
+    from mm_platform.stores.sql import missing_sqlite_file
 
     path = missing_sqlite_file(url)
     if path is not None:
@@ -185,7 +254,7 @@ def _require_store(url: str, what: str, consequence: str) -> None:
 
 def check_source_exists(cfg) -> None:
     """Before anything is created: the source database, table and configured columns exist."""
-    from mm_platform.sql import check_source
+    from mm_platform.stores.sql import check_source
 
     c = cfg.columns
     check_source(cfg.source.url, cfg.source.table, [c.date, c.target, *c.keys, *c.regressors])
@@ -195,7 +264,7 @@ def first_source_date(cfg) -> date | None:
     """The oldest date with a target in the source (None if it cannot be told)."""
     import sqlalchemy as sa
 
-    from mm_platform.sql import source_engine
+    from mm_platform.stores.sql import source_engine
 
     engine = source_engine(cfg.source.url)
     try:
@@ -341,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 DEBUG_HELP = "on errors, show the traceback and Dagster's full logs"
 
 
-COMMAND_MODULES: list[str] = ["mm_platform.dashboard.cli", "mm_platform.serving.cli", "mm_platform.evaluate", "mm_platform.home"]
+COMMAND_MODULES: list[str] = ["mm_platform.dashboard.cli", "mm_platform.serving.cli", "mm_platform.evaluate", "mm_platform.stores.home"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, PermissionError, FileNotFoundError) as err:
-        # Bad input (mm_platform.errors.UserError, or a path or permission the user can fix):
+        # Bad input (mm_platform.core.errors.UserError, or a path or permission the user can fix):
         # one clear line, no traceback.
         if debug:
             traceback.print_exc()

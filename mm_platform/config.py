@@ -16,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mm_platform.errors import UserError
+from mm_platform.core.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "retail_daily.yaml"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -232,12 +232,84 @@ class IngestConfig(_Strict):
     )
 
 
+FALLBACK_STEPS = ("own_model_if_beats_naive", "intermittent", "seasonal_naive")
+
+
+class FallbackConfig(_Strict):
+    """Coverage: a series with enough history but no production model gets the first
+    applicable entry of ``chain`` as its model (tier ``fallback``, docs/accuracy.md)."""
+
+    enabled: bool = True
+    chain: list[Literal["own_model_if_beats_naive", "intermittent", "seasonal_naive"]] = Field(
+        default_factory=lambda: list(FALLBACK_STEPS),
+        description="fallbacks tried in order: the series' own newest model if its holdout WAPE beats seasonal "
+        "naive; croston/tsb (the better on the holdout) for intermittent series; seasonal naive",
+    )
+    intermittent_zero_share: float = Field(
+        0.3, gt=0, le=1, description="a series is intermittent when at least this share of its observations are zero"
+    )
+
+    @field_validator("chain")
+    @classmethod
+    def _chain(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"promotion.fallback.chain lists an entry twice: {v}")
+        return v
+
+
 class PromotionRules(_Strict):
     max_wape: float | None = Field(0.5, gt=0, description="holdout WAPE must be at most this")
     max_mape: float | None = Field(None, gt=0, description="holdout MAPE must be at most this")
     beats_seasonal_naive: bool = True
     not_worse_than_production: bool = True
     tolerance: float = Field(0.0, ge=0, description="allowed relative slack for the comparisons")
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+
+
+class DriftConfig(_Strict):
+    """When realized accuracy flags a series, and what is done about it (docs/accuracy.md)."""
+
+    enabled: bool = True
+    window_days: int = Field(28, ge=1, description="forecast run dates of the last this many days are pooled")
+    min_actuals: int = Field(14, ge=1, description="a series needs this many forecast-actual pairs in the window")
+    factor: float = Field(1.5, gt=0, description="flag when realized WAPE > factor x the promotion-time holdout WAPE")
+    worse_than_naive: bool = Field(True, description="flag when realized WAPE > realized seasonal-naive WAPE")
+    actions: list[Literal["refit", "rollback"]] = Field(
+        default_factory=lambda: ["refit"],
+        description="refit: the next training run refits the series even if its data is unchanged; rollback: back "
+        "to the previous production version when its realized WAPE was better",
+    )
+
+
+class AccuracyConfig(_Strict):
+    """Realized accuracy of published forecasts against the actuals that arrive later."""
+
+    lookback_days: int = Field(90, ge=1, description="forecast run dates of the last this many days are (re)evaluated")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+
+class ChecksConfig(_Strict):
+    """Thresholds of the asset checks (mm_platform/defs/*/checks.py). Every check is visible in the
+    Dagster UI and in `mm-platform run`'s summary; a failed blocking check stops what follows."""
+
+    max_staleness_periods: int = Field(
+        1, ge=0, description="raw_sales_fresh: the lake's newest actual may be at most this many periods (days or "
+        "weeks, by frequency) before the run date"
+    )
+    min_forecast: float | None = Field(
+        None, description="forecasts_finite_and_bounded: no yhat below this (e.g. 0 for demand); none: no lower bound"
+    )
+    max_abs_forecast: float | None = Field(
+        None, gt=0, description="forecasts_finite_and_bounded: no |yhat|, |yhat_lower|, |yhat_upper| above this "
+        "(default: ingest.max_abs_target, the largest target the ingestion contract accepts)"
+    )
+    min_share_beating_naive: float = Field(
+        0.5, ge=0, le=1, description="share_beating_seasonal_naive: the share of trained series whose holdout WAPE "
+        "is below the seasonal-naive baseline's must be at least this"
+    )
+    share_beating_naive_severity: Literal["warn", "error"] = Field(
+        "warn", description="warn: a low share is reported and the run goes on; error: it stops promotion"
+    )
 
 
 class SparkConfig(_Strict):
@@ -304,6 +376,8 @@ class DatasetConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     promotion: PromotionRules = Field(default_factory=PromotionRules)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 

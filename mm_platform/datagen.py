@@ -319,7 +319,7 @@ def write_sales(
     products / SKUs and ``days`` / ``future_days`` count weeks); returns the row count."""
     import sqlalchemy as sa
 
-    from mm_platform.sql import create_engine
+    from mm_platform.stores.sql import create_engine
 
     chunks = iter_dataset_chunks(kind, stores, items, days, seed, end_date, future_days)
     date_col = DATE_COLUMNS[kind]

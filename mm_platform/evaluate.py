@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mm_platform.config import DatasetConfig, load_config
-from mm_platform.errors import UserError
+from mm_platform.core.errors import UserError
 from mm_platform.forecasting.metrics import coverage, mape, naive_scale
 from mm_platform.forecasting.series import (
     AUTO,
@@ -66,7 +66,7 @@ def load_frame(cfg: DatasetConfig) -> pd.DataFrame:
     wanted = [cols.date, cols.target, *cols.keys, *cols.regressors]
     frame = None
     try:
-        from mm_platform.lake import Lake
+        from mm_platform.stores.lake import Lake
 
         lake = Lake(cfg.storage.lake_url)
         if lake.raw_files(cfg.source.table):
@@ -76,7 +76,7 @@ def load_frame(cfg: DatasetConfig) -> pd.DataFrame:
     if frame is None or frame.empty:
         import sqlalchemy as sa
 
-        from mm_platform.sql import check_source, source_engine
+        from mm_platform.stores.sql import check_source, source_engine
 
         # Checked first, and opened read-only: a wrong source is one line and creates nothing.
         check_source(cfg.source.url, cfg.source.table, wanted)
@@ -494,7 +494,7 @@ def measure_cost(series: list[tuple[str, pd.DataFrame]], spec: TrainSpec, famili
 
 
 def run(args) -> dict:
-    from mm_platform.spark_jobs import train_spec
+    from mm_platform.spark.train import train_spec
 
     cfg = load_config(args.config)
     base = train_spec(cfg, AUTO)

@@ -46,7 +46,7 @@ def write_config(home: Path, **over) -> Path:
 @pytest.fixture(scope="session")
 def spark():
     from mm_platform.config import SparkConfig
-    from mm_platform.spark_jobs import get_session
+    from mm_platform.spark.session import get_session
 
     session = get_session(SparkConfig(master="local[2]", shuffle_partitions=2))
     yield session

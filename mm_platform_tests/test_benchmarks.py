@@ -19,7 +19,7 @@ def test_spark_launcher_scripts_count_as_the_jvm_and_python_processes_as_workers
     assert process_kind("java", ["java", "-cp", "x", "org.apache.spark.deploy.SparkSubmit"]) == "jvm"
     assert process_kind("bash", ["bash", "/v/lib/python3.11/site-packages/pyspark/bin/spark-class", "org.apache"]) == "jvm"
     assert process_kind("bash", ["/usr/bin/env", "bash", "/v/pyspark/./bin/spark-submit", "--conf"]) == "jvm"
-    assert process_kind("python", ["/v/bin/python", "-m", "mm_platform.spark_daemon", "pyspark.worker"]) == "workers"
+    assert process_kind("python", ["/v/bin/python", "-m", "mm_platform.spark.daemon", "pyspark.worker"]) == "workers"
     # what the workers start (the baseline's cmdstan fits) counts as the workers'
     assert process_kind("prophet_model.bin", ["prophet_model.bin", "random", "seed=1"]) == "workers"
     assert process_kind("bash", ["bash", "-c", "echo"]) == "workers"

@@ -3,7 +3,7 @@ import pytest
 
 from mm_platform.config import ConfigError, PromotionRules, load_config, parse_config
 from mm_platform.forecasting.metrics import mape, rmse, wape
-from mm_platform.promotion import evaluate
+from mm_platform.steps.rules import evaluate
 
 
 def base(**over):

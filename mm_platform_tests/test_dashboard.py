@@ -23,9 +23,9 @@ import pytest
 
 from mm_platform.config import load_config
 from mm_platform.dashboard.queries import MAX_PAGE_SIZE, DashboardQueries
-from mm_platform.lake import Lake
-from mm_platform.plots import accuracy_histogram_png, png_markdown, sample_forecasts_png
-from mm_platform.warehouse import Warehouse
+from mm_platform.defs.plots import accuracy_histogram_png, png_markdown, sample_forecasts_png
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")

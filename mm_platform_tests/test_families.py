@@ -121,7 +121,7 @@ def test_coverage_and_conformal_half_width():
 
 
 def test_auto_config_is_validated_and_reaches_the_train_spec():
-    from mm_platform.spark_jobs import train_spec
+    from mm_platform.spark.train import train_spec
 
     cfg = parse_config(
         {

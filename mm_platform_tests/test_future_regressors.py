@@ -13,19 +13,15 @@ import sqlalchemy as sa
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
 from mm_platform.forecasting.series import forecast_arrays, future_regressor_values
-from mm_platform.ingestion import ingest
-from mm_platform.lake import Lake
-from mm_platform.pipeline import (
-    production_by_series,
-    production_registry,
-    promote,
-    train_and_register,
-    training_registry,
-)
-from mm_platform.scoring import score_and_write
-from mm_platform.spark_jobs import build_training_sets
-from mm_platform.sql import create_engine
-from mm_platform.warehouse import Warehouse
+from mm_platform.steps.ingest import ingest
+from mm_platform.steps.promote import promote
+from mm_platform.steps.score import score_and_write
+from mm_platform.steps.train import build_training_sets, train_and_register
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.registry import production_by_series, production_registry, training_registry
+from mm_platform.stores.sql import create_engine
+from mm_platform.stores.training_sets import training_set_store
+from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
 
 RUN = date(2025, 12, 31)
@@ -69,7 +65,7 @@ def test_batch_scoring_uses_the_planned_prices_in_the_source(tmp_path, spark):
     build_training_sets(spark, lake, cfg, RUN)
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     train_and_register(spark, lake, cfg, RUN, training_registry(cfg), wh, "train")
-    promote(cfg, RUN, training_registry(cfg), production_registry(cfg, writable=True), wh)
+    promote(cfg, RUN, training_registry(cfg), production_registry(cfg, writable=True), wh, training_set_store(lake, cfg))
     score_and_write(spark, lake, cfg, RUN, production_registry(cfg), wh, "score")
 
     preds = wh.read("SELECT item, ds, yhat FROM predictions ORDER BY item, ds")

@@ -45,7 +45,7 @@ DDL_KILLER = textwrap.dedent(
         from mlflow import MlflowClient
         MlflowClient(tracking_uri=sys.argv[2], registry_uri=sys.argv[2]).search_experiments()
     elif sys.argv[1] == "registry-open":
-        from mm_platform.registry import ModelRegistry
+        from mm_platform.stores.registry import ModelRegistry
         ModelRegistry(sys.argv[2], sys.argv[3], "e")
     else:
         from mm_platform.cli import main
@@ -56,7 +56,7 @@ DDL_KILLER = textwrap.dedent(
 REGISTER = textwrap.dedent(
     """
     import sys
-    from mm_platform.registry import ModelRegistry
+    from mm_platform.stores.registry import ModelRegistry
     uri, root, item = sys.argv[1], sys.argv[2], sys.argv[3]
     if len(sys.argv) > 4:  # start together: both processes wait for the test's go
         print("ready", flush=True)
@@ -89,7 +89,7 @@ def _register_in_subprocess(uri: str, root: str, item: int, **env) -> subprocess
 @pytest.mark.parametrize("nth, original_error", [(85, "table logged_models already exists"),
                                                   (266, "duplicate column name: target_value")])
 def test_a_registry_left_half_created_by_a_kill_inside_mlflows_creation_is_recreated(tmp_path, nth, original_error):
-    from mm_platform.registry import ModelRegistry
+    from mm_platform.stores.registry import ModelRegistry
 
     uri = f"sqlite:///{tmp_path}/mlflow/training.db"
     _kill_mlflow_creation(uri, nth)
@@ -104,7 +104,7 @@ def test_a_registry_left_half_created_by_a_kill_inside_mlflows_creation_is_recre
 
 
 def test_a_kill_inside_the_registry_creation_leaves_no_registry_and_the_next_open_creates_it(tmp_path):
-    from mm_platform.registry import SCHEMA_FAULT_POINT, ModelRegistry, schema_state
+    from mm_platform.stores.registry import SCHEMA_FAULT_POINT, ModelRegistry, schema_state
 
     uri = f"sqlite:///{tmp_path}/mlflow/production.db"
     killed = _register_in_subprocess(uri, str(tmp_path / "art"), 1, MM_FAULT_POINT=SCHEMA_FAULT_POINT)
@@ -118,7 +118,7 @@ def test_a_kill_inside_the_registry_creation_leaves_no_registry_and_the_next_ope
 
 
 def test_an_outdated_sqlite_registry_with_models_is_reported_and_doctor_repair_migrates_it(tmp_path):
-    from mm_platform.registry import ModelRegistry, schema_state
+    from mm_platform.stores.registry import ModelRegistry, schema_state
 
     path = write_config(tmp_path)
     cfg = load_config(path)
@@ -144,7 +144,7 @@ def test_an_outdated_sqlite_registry_with_models_is_reported_and_doctor_repair_m
 
 
 def test_two_processes_creating_the_same_new_registry_at_once_both_succeed(tmp_path):
-    from mm_platform.registry import ModelRegistry
+    from mm_platform.stores.registry import ModelRegistry
 
     uri = f"sqlite:///{tmp_path}/mlflow/training.db"
     procs = [
@@ -164,7 +164,7 @@ def test_two_processes_creating_the_same_new_registry_at_once_both_succeed(tmp_p
 
 
 def test_postgresql_registry_creation_killed_mid_migration_is_resumed_by_two_processes_at_once(tmp_path):
-    from mm_platform.registry import schema_state
+    from mm_platform.stores.registry import schema_state
     from mm_platform_tests.test_prod_support import PG_SERVER, pg_database, require_postgres
 
     require_postgres()
@@ -195,7 +195,7 @@ def _cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
 
 
 def test_doctor_says_what_is_wrong_with_a_home_and_how_to_repair_it(tmp_path):
-    from mm_platform.registry import ModelRegistry
+    from mm_platform.stores.registry import ModelRegistry
 
     path = write_config(tmp_path)
     cfg = load_config(path)
@@ -229,7 +229,7 @@ def test_doctor_says_what_is_wrong_with_a_home_and_how_to_repair_it(tmp_path):
 
 
 def test_a_run_on_a_home_another_run_holds_says_so_in_one_line_and_exits_2(tmp_path):
-    from mm_platform.home import hold_run_lock
+    from mm_platform.stores.home import hold_run_lock
 
     path = write_config(tmp_path)
     cfg = load_config(path)
@@ -282,7 +282,7 @@ def test_a_first_run_killed_while_creating_a_registry_leaves_a_home_the_next_run
     uris = [cfg.storage.training_registry_uri, cfg.storage.production_registry_uri]
     run = [sys.executable, "-c", DDL_KILLER, "run", "--config", str(path)]
     if kill == "fault_point":
-        from mm_platform.registry import SCHEMA_FAULT_POINT, schema_state
+        from mm_platform.stores.registry import SCHEMA_FAULT_POINT, schema_state
 
         # The platform's own fault point: killed at the first registry creation (training), then
         # at the production registry's (the training registry is then created and complete).
@@ -298,7 +298,7 @@ def test_a_first_run_killed_while_creating_a_registry_leaves_a_home_the_next_run
         assert out.returncode == -9, out.stderr[-3000:]
     rerun = _cli("run", "--config", str(path))  # before: `table logged_models already exists`, at every rerun
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    from mm_platform.registry import schema_state
+    from mm_platform.stores.registry import schema_state
 
     assert [schema_state(u).status for u in uris] == ["ok", "ok"]
     pd.testing.assert_frame_equal(_predictions(path), clean_run)

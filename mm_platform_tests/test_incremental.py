@@ -8,11 +8,11 @@ import sqlalchemy as sa
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
-from mm_platform.ingestion import ingest
-from mm_platform.lake import Lake
-from mm_platform.pipeline import train_and_register, training_registry
-from mm_platform.spark_jobs import build_training_sets
-from mm_platform.warehouse import Warehouse
+from mm_platform.steps.ingest import ingest
+from mm_platform.steps.train import build_training_sets, train_and_register
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.registry import training_registry
+from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
 
 RUN = date(2025, 12, 31)
@@ -67,7 +67,7 @@ def _one_series(days: int = 800, item: int = 2):
 
 
 def _spec(tmp_path, **prophet):
-    from mm_platform.spark_jobs import train_spec
+    from mm_platform.spark.train import train_spec
 
     cfg = load_config(write_config(tmp_path, algorithm={"name": "prophet", "prophet": prophet}))
     return train_spec(cfg)
@@ -140,7 +140,7 @@ def test_unusable_previous_model_means_a_cold_fit(tmp_path):
 def test_read_previous_model_verifies_the_registered_artifact(tmp_path):
     import hashlib
 
-    from mm_platform.spark_jobs import read_previous_model
+    from mm_platform.spark.train import read_previous_model
 
     data = json.dumps({"family": "prophet", "model": {"k": 1.0}}).encode()
     path = tmp_path / "m.json"
@@ -154,9 +154,10 @@ def test_read_previous_model_verifies_the_registered_artifact(tmp_path):
 
 
 def test_changed_series_is_warm_started_from_its_registered_model(tmp_path, spark, monkeypatch):
-    from mm_platform import spark_jobs
     from mm_platform.forecasting.series import train_series
-    from mm_platform.spark_jobs import read_previous_model, read_training_set, train_spec
+    from mm_platform.spark import train as spark_train
+    from mm_platform.spark.train import read_previous_model, train_spec
+    from mm_platform.stores.training_sets import training_set_store
 
     cfg = load_config(write_config(tmp_path))
     write_sales(cfg.source.url, "sales", 1, 3, 200, seed=7)
@@ -164,13 +165,13 @@ def test_changed_series_is_warm_started_from_its_registered_model(tmp_path, spar
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     registry = training_registry(cfg)
     calls = []
-    real = spark_jobs.train_local_buckets  # the path of a local lake
+    real = spark_train.train_buckets  # the backend of a local lake
 
     def recording(*args, previous=None, **kw):
         calls.append(previous)
         return real(*args, previous=previous, **kw)
 
-    monkeypatch.setattr(spark_jobs, "train_local_buckets", recording)
+    monkeypatch.setattr(spark_train, "train_buckets", recording)
 
     def day():
         ingest(cfg, lake, cfg.source.url, RUN)
@@ -191,6 +192,6 @@ def test_changed_series_is_warm_started_from_its_registered_model(tmp_path, spar
     # the warm-started model forecasts as a cold fit on the same data does
     after = registry.latest_by_series(cfg.name)
     assert after[sid].version == before[sid].version + 1
-    history = read_training_set(spark, lake, cfg, RUN).where(f"series_id = '{sid}'").toPandas()
+    history = training_set_store(lake, cfg).dataframe(spark, RUN).where(f"series_id = '{sid}'").toPandas()
     cold = train_series(history.sort_values("ds").reset_index(drop=True), train_spec(cfg))
     _assert_same_forecast(registry.load_model(after[sid]), cold.model)

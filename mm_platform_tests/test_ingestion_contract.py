@@ -16,9 +16,10 @@ import sqlalchemy as sa
 
 from mm_platform.config import ConfigError, load_config
 from mm_platform.datagen import write_sales
-from mm_platform.ingestion import ContractError, ingest, newest_actual_date
-from mm_platform.lake import Lake
-from mm_platform.spark_jobs import build_training_sets, training_set_uri
+from mm_platform.steps.ingest import ContractError, ingest, newest_actual_date
+from mm_platform.steps.train import build_training_sets
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.training_sets import training_set_store
 from mm_platform_tests.conftest import write_config
 
 END = date(2025, 12, 31)
@@ -66,7 +67,7 @@ def test_null_key_on_a_new_home_keeps_integer_keys_and_series_names(tmp_path, sp
     assert stats["rows_quarantined"] == 5 and stats["quarantine_reasons"] == {"missing key store": 5}
     assert lake.read_manifest("sales")["contract"]["keys"] == {"store": "int64", "item": "int64"}
     build_training_sets(spark, lake, cfg, END)
-    ids = set(spark.read.parquet(training_set_uri(lake, cfg, END)).select("series_id").toPandas()["series_id"])
+    ids = set(spark.read.parquet(training_set_store(lake, cfg).uri(END)).select("series_id").toPandas()["series_id"])
     assert "store=1,item=1" in ids and not any(".0" in s for s in ids)
     assert stats["rows_read"] == len(lake.read_raw("sales")) + len(lake.read_quarantine("sales"))
 
@@ -233,7 +234,7 @@ def test_a_deleted_series_is_reported_in_metadata_and_the_warehouse(tmp_path):
 
     from mm_platform.defs.ingestion.assets import raw_sales
     from mm_platform.defs.resources import build_resources
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.stores.warehouse import Warehouse
 
     path = write_config(tmp_path)
     cfg = load_config(path)
@@ -261,16 +262,12 @@ def test_a_deleted_series_is_reported_in_metadata_and_the_warehouse(tmp_path):
 
 
 def test_stop_scoring_skips_a_series_deleted_at_the_source(tmp_path, spark):
-    from mm_platform.pipeline import (
-        production_by_series,
-        production_registry,
-        promote,
-        train_and_register,
-        training_registry,
-    )
-    from mm_platform.scoring import score_and_write
-    from mm_platform.spark_jobs import SCORED, SCORING_SKIPPED
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.core.vocabulary import SCORED, SCORING_SKIPPED
+    from mm_platform.steps.promote import promote
+    from mm_platform.steps.score import score_and_write
+    from mm_platform.steps.train import train_and_register
+    from mm_platform.stores.registry import production_by_series, production_registry, training_registry
+    from mm_platform.stores.warehouse import Warehouse
 
     cfg, lake = _setup(
         tmp_path, days=150, algorithm={"name": "seasonal_naive"}, ingest={"on_missing_series": "stop_scoring"},
@@ -280,7 +277,7 @@ def test_stop_scoring_skips_a_series_deleted_at_the_source(tmp_path, spark):
     ingest(cfg, lake, cfg.source.url, END)
     build_training_sets(spark, lake, cfg, END)
     train_and_register(spark, lake, cfg, END, training_registry(cfg), wh, "t")
-    promote(cfg, END, training_registry(cfg), production_registry(cfg, writable=True), wh)
+    promote(cfg, END, training_registry(cfg), production_registry(cfg, writable=True), wh, training_set_store(lake, cfg))
     _exec(cfg, "DELETE FROM sales WHERE store = 2 AND item = 3")
     assert ingest(cfg, lake, cfg.source.url, END)["missing_series"] == ["store=2,item=3"]
     build_training_sets(spark, lake, cfg, END)

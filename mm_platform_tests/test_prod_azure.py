@@ -20,12 +20,14 @@ from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
 from mm_platform.definitions import defs
 from mm_platform.defs.resources import build_resources
-from mm_platform.ingestion import ingest
-from mm_platform.lake import Lake, LakeCredentialsError, storage_options
-from mm_platform.pipeline import production_by_series, production_registry
-from mm_platform.spark_jobs import build_training_sets, read_training_set
-from mm_platform.warehouse import Warehouse
+from mm_platform.steps.ingest import ingest
+from mm_platform.steps.train import build_training_sets
+from mm_platform.stores.lake import Lake, LakeCredentialsError, storage_options
+from mm_platform.stores.registry import production_by_series, production_registry
+from mm_platform.stores.training_sets import training_set_store
+from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
+from mm_platform_tests.test_executor_io import _no_data_rows_through_the_driver
 from mm_platform_tests.test_prod_support import ROOT, free_port, server
 
 RUN_DATE = date(2025, 12, 31)
@@ -74,11 +76,15 @@ def azurite(tmp_path_factory):
 
 
 @pytest.fixture
-def azure_env(azurite, monkeypatch):
+def azure_env(azurite, monkeypatch, spark):
+    """The credential in the driver's environment and, as ``spark.executorEnv.*`` puts it,
+    in the executors' (``SparkContext.environment``: the variables every Python worker is
+    started with; the session started before this test, so its conf cannot carry it)."""
     for k in list(os.environ):
         if k.startswith("AZURE_STORAGE_"):
             monkeypatch.delenv(k)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    monkeypatch.setitem(spark.sparkContext.environment, "AZURE_STORAGE_CONNECTION_STRING", azurite)
     return azurite
 
 
@@ -108,9 +114,10 @@ def test_lake_credentials_only_from_the_environment(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ingestion_and_training_sets_on_azurite(tmp_path, azure_env, spark):
+def test_ingestion_and_training_sets_on_azurite(tmp_path, azure_env, spark, monkeypatch):
     """raw_sales writes the lake in Azurite; training_sets reads it there and writes back
-    there; the result equals the same steps on a local folder lake."""
+    there, and training reads it there, in Spark tasks only (no data row in the driver); the
+    results equal the same steps on a local folder lake."""
     container = f"mm-{uuid.uuid4().hex[:12]}"
     local_cfg = load_config(write_config(tmp_path))
     write_sales(local_cfg.source.url, "sales", stores=2, items=3, days=200, seed=2)
@@ -132,15 +139,23 @@ def test_ingestion_and_training_sets_on_azurite(tmp_path, azure_env, spark):
     assert "retail/raw/sales/_manifest.json" in blobs and any(b.endswith(".parquet") for b in blobs)
 
     local_stats = build_training_sets(spark, local, local_cfg, RUN_DATE)
-    remote_stats = build_training_sets(spark, remote, abfs_cfg, RUN_DATE)
+    with monkeypatch.context() as m:
+        _no_data_rows_through_the_driver(m)
+        remote_stats = build_training_sets(spark, remote, abfs_cfg, RUN_DATE)
+        remote_models = training_set_store(remote, abfs_cfg).train(spark, RUN_DATE)
+    local_models = training_set_store(local, local_cfg).train(spark, RUN_DATE)
+    pd.testing.assert_frame_equal(remote_models.drop(columns="fit_seconds"), local_models.drop(columns="fit_seconds"))
     assert {k: remote_stats[k] for k in ("rows", "series")} == {k: local_stats[k] for k in ("rows", "series")}
     assert remote_stats["path"].startswith(f"abfs://{container}/")
     blobs = _blobs(azure_env, container)
-    buckets = {b.split("/")[4] for b in blobs if b.startswith(f"retail/training_sets/retail/run_date={RUN_DATE}/bucket=")}
+    # a version folder named by a one-blob pointer (the commit point on an object store)
+    run = f"retail/training_sets/retail/run_date={RUN_DATE}"
+    assert f"{run}/_CURRENT" in blobs
+    buckets = {b.split("/")[5] for b in blobs if b.startswith(f"{run}/v=") and not b.endswith("/_SUCCESS")}
     assert buckets and all(b.startswith("bucket=") for b in buckets)
 
     def frame(lake, cfg):
-        df = read_training_set(spark, lake, cfg, RUN_DATE).toPandas()
+        df = training_set_store(lake, cfg).dataframe(spark, RUN_DATE).toPandas()
         return df.sort_values(["series_id", "ds"]).reset_index(drop=True)
 
     got, expected = frame(remote, abfs_cfg), frame(local, local_cfg)

@@ -14,7 +14,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
-from mm_platform.pipeline import production_by_series, production_registry
+from mm_platform.stores.registry import production_by_series, production_registry
 from mm_platform_tests.conftest import write_config
 from mm_platform_tests.test_prod_support import (
     ROOT,

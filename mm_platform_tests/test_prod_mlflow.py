@@ -16,9 +16,13 @@ from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
 from mm_platform.definitions import defs
 from mm_platform.defs.resources import build_resources
-from mm_platform.pipeline import production_by_series, production_registry, training_registry
-from mm_platform.registry import ReadOnlyRegistryError
-from mm_platform.warehouse import Warehouse
+from mm_platform.stores.registry import (
+    ReadOnlyRegistryError,
+    production_by_series,
+    production_registry,
+    training_registry,
+)
+from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
 from mm_platform_tests.test_end_to_end import RUN_DATE
 from mm_platform_tests.test_prod_support import (
@@ -75,6 +79,7 @@ def test_pipeline_on_two_mlflow_servers(tmp_path, spark):
         path = write_config(
             tmp_path,
             horizon=7,
+            promotion={"fallback": {"enabled": False}},  # every production version is a promoted training version
             storage={
                 "lake_url": str(lake),
                 "training_registry_uri": training_uri,

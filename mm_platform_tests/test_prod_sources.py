@@ -1,5 +1,5 @@
 """Source databases on real servers: the same generated sales copied incrementally from
-PostgreSQL and MariaDB (127.0.0.1) with ``mm_platform.ingestion.ingest`` give the same lake
+PostgreSQL and MariaDB (127.0.0.1) with ``mm_platform.steps.ingest.ingest`` give the same lake
 as from SQLite. Only ``source.url`` differs."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
-from mm_platform.ingestion import ingest
-from mm_platform.lake import Lake
+from mm_platform.steps.ingest import ingest
+from mm_platform.stores.lake import Lake
 from mm_platform_tests.conftest import write_config
 from mm_platform_tests.test_prod_support import MARIADB_URL, PG_URL, require_mariadb, require_postgres
 

@@ -14,7 +14,7 @@ import pytest
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
-from mm_platform.warehouse import Warehouse
+from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
 from mm_platform_tests.test_prod_support import (
     VENV_BIN,

@@ -264,8 +264,8 @@ def weekly_run(tmp_path_factory, spark):
 
 
 def test_weekly_multikey_revenue_end_to_end(weekly_run):
-    from mm_platform.pipeline import training_registry
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.stores.registry import training_registry
+    from mm_platform.stores.warehouse import Warehouse
 
     cfg, data, result = weekly_run
     assert result.success

@@ -1,6 +1,6 @@
 """The registry's ORM lookups give what MLflow's own search gives."""
 
-from mm_platform.registry import ModelRegistry
+from mm_platform.stores.registry import ModelRegistry
 
 
 def _entries(dataset: str, items, run: int):

@@ -19,20 +19,14 @@ import pytest
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
 from mm_platform.forecasting.series import FAILED, TrainSpec, train_series
-from mm_platform.ingestion import ingest
-from mm_platform.lake import Lake
-from mm_platform.pipeline import (
-    ErrorThresholdExceeded,
-    failed_series,
-    production_by_series,
-    production_registry,
-    rollback,
-    train_and_register,
-    training_registry,
-)
-from mm_platform.spark_jobs import build_training_sets
-from mm_platform.sql import create_engine
-from mm_platform.warehouse import Warehouse
+from mm_platform.steps.ingest import ingest
+from mm_platform.steps.operations import failed_series, rollback
+from mm_platform.steps.thresholds import ErrorThresholdExceeded
+from mm_platform.steps.train import build_training_sets, train_and_register
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.registry import production_by_series, production_registry, training_registry
+from mm_platform.stores.sql import create_engine
+from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
 
 RUN = date(2025, 12, 31)
@@ -126,7 +120,7 @@ def test_retrain_failed_retrains_only_the_failed_series(poisoned, spark):
 
 
 def test_rollback_restores_the_previous_production_version_and_is_audited(small_dataset, tmp_path):
-    from mm_platform.registry import ModelRegistry
+    from mm_platform.stores.registry import ModelRegistry
 
     _, _, base = small_dataset
     cfg = load_config(write_config(tmp_path))
@@ -174,9 +168,9 @@ CHILD = textwrap.dedent(
     import sys
     from datetime import date
     from mm_platform.config import load_config
-    from mm_platform.lake import Lake
-    from mm_platform.ingestion import ingest
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.stores.lake import Lake
+    from mm_platform.steps.ingest import ingest
+    from mm_platform.stores.warehouse import Warehouse
     import pandas as pd
     cfg = load_config(sys.argv[1])
     what = sys.argv[2]
@@ -238,12 +232,12 @@ def test_warehouse_write_killed_mid_transaction_keeps_the_old_run(tmp_path):
 
 @pytest.mark.slow
 def test_promotion_killed_mid_registry_transaction_leaves_series_on_their_old_models(small_dataset, tmp_path):
-    from mm_platform.registry import ModelRegistry
+    from mm_platform.stores.registry import ModelRegistry
 
     cfg = load_config(write_config(tmp_path))
     code = textwrap.dedent(
         f"""
-        from mm_platform.registry import ModelRegistry
+        from mm_platform.stores.registry import ModelRegistry
         reg = ModelRegistry({cfg.storage.production_registry_uri!r}, {cfg.storage.production_artifact_root!r}, "p")
         entries = [(f"retail.store_1.item_{{i}}", b"v", {{"dataset": "retail", "series_id": f"store=1,item={{i}}"}}) for i in range(5)]
         reg.register_many(entries, "r", {{}}, alias="production")
@@ -260,7 +254,7 @@ def test_promotion_killed_mid_registry_transaction_leaves_series_on_their_old_mo
 
 
 def _production_entry(cfg, item: int, artifact: bytes):
-    from mm_platform.registry import model_name
+    from mm_platform.core.vocabulary import model_name
 
     keys = {"store": 1, "item": item}
     tags = {"dataset": cfg.name, "series_id": f"store=1,item={item}", "key.store": "1", "key.item": str(item)}
@@ -270,8 +264,8 @@ def _production_entry(cfg, item: int, artifact: bytes):
 def test_one_bad_production_model_fails_its_series_only_and_the_scoring_report_says_why(poisoned, spark):
     import json
 
-    from mm_platform.scoring import score_and_write
-    from mm_platform.spark_jobs import train_spec
+    from mm_platform.spark.train import train_spec
+    from mm_platform.steps.score import score_and_write
 
     cfg, lake = poisoned
     data = poisoned_sales().rename(columns={"date": "ds", "units": "y"})

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.seeding import fast_sqlite_writes, production_tags, register_production
 from mm_platform.config import load_config
+from mm_platform.core.vocabulary import model_name
 from mm_platform.datagen import generate_sales
 from mm_platform.forecasting.series import TRAINED, TrainSpec, forecast_arrays, train_series
-from mm_platform.pipeline import production_registry
-from mm_platform.registry import model_name
 from mm_platform.serving.cache import ENTRY_OVERHEAD
 from mm_platform.serving.model import PreparedModel, deep_sizeof
-from benchmarks.seeding import fast_sqlite_writes, production_tags, register_production
+from mm_platform.stores.registry import production_registry
 from mm_platform_tests.conftest import write_config
 
 TOKEN = "serving-test-token"
@@ -222,16 +222,19 @@ def test_prepared_model_equals_forecast_arrays(prod):
 
 
 def test_direct_registry_reads_agree_with_the_client_api(prod):
-    """The direct SQL reads give what MLflow's client API gives."""
+    """The registry's direct SQL reads (what serving uses) give what MLflow's client API gives."""
+    from mm_platform.core.vocabulary import PRODUCTION_ALIAS
     from mm_platform.serving.source import ProductionSource
 
-    source = ProductionSource(production_registry(prod.cfg), prod.cfg.name, prod.cfg.keys)
+    registry = production_registry(prod.cfg)
+    source = ProductionSource(registry, prod.cfg.name, prod.cfg.keys)
     names = [mv.name for mv in prod.registered.values()] + ["retail.store_404.item_404"]
-    fast = source._production_versions_sql(names)
-    assert fast == source._production_versions_api(names)
+    fast = registry.aliased_versions(names)
+    assert registry._sql_ok, "the direct queries did not answer"
+    assert fast == registry._production_versions_api(names, PRODUCTION_ALIAS)
     assert fast["retail.store_404.item_404"] is None and all(fast[mv.name] >= mv.version for mv in prod.registered.values())
     for name in names:
-        assert source._lookup_sql(name) == source._lookup_api(name)
+        assert registry.aliased_version(name) == registry._lookup_api(name, PRODUCTION_ALIAS)
     lookup = source.lookup({"store": "2", "item": "1"})
     assert lookup.name == prod.registered["store=2,item=1"].name and source.lookup({"store": "404", "item": "1"}) is None
 

@@ -12,7 +12,7 @@ import pytest
 
 from mm_platform.config import SparkConfig
 from mm_platform.spark.daemon import PRELOAD
-from mm_platform.spark_jobs import spark_conf
+from mm_platform.spark.session import spark_conf
 
 
 def _worker_and_daemon(batches):

@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from mm_platform.config import load_config
 from mm_platform.datagen import generate_sales, write_sales
 from mm_platform.forecasting.series import FAILED, SKIPPED, TRAINED, TrainSpec, forecast_arrays, train_series
-from mm_platform.ingestion import SourceSchemaError, ingest
-from mm_platform.lake import Lake
-from mm_platform.registry import ArtifactIntegrityError, ModelRegistry
-from mm_platform.spark_jobs import build_training_sets, training_set_uri
+from mm_platform.steps.ingest import SourceSchemaError, ingest
+from mm_platform.steps.train import build_training_sets
+from mm_platform.stores.artifacts import ArtifactIntegrityError
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.registry import ModelRegistry
+from mm_platform.stores.training_sets import training_set_store
 from mm_platform_tests.conftest import write_config
 
 
@@ -95,7 +97,7 @@ def test_training_sets_are_bucketed_so_one_series_reads_one_bucket(env, spark):
     ingest(cfg, lake, cfg.source.url, date(2025, 12, 31))
     stats = build_training_sets(spark, lake, cfg, date(2025, 12, 20))
     assert stats["series"] == 6 and stats["rows"] == 6 * 109  # 2025-09-03 .. 2025-12-20
-    df = spark.read.parquet(training_set_uri(lake, cfg, date(2025, 12, 20)))
+    df = spark.read.parquet(training_set_store(lake, cfg).uri(date(2025, 12, 20)))
     from pyspark.sql import functions as F
 
     buckets = df.groupBy("series_id").agg(F.countDistinct("bucket")).collect()
@@ -127,7 +129,7 @@ def test_arrow_build_writes_what_spark_sql_defines(tmp_path, spark, keys):
     ``training_rows`` (the Spark SQL definition): same series ids, same buckets (Spark's
     xxhash64), same values, sorted by series and date in each bucket file; rows after the run
     date left out; int32/int64 key columns across raw files unified."""
-    from mm_platform.spark_jobs import training_rows
+    from mm_platform.stores.training_sets import training_rows
 
     path = write_config(tmp_path, columns={"keys": ["store", "item"]} if keys == "int" else
                         {"keys": ["region", "sku"], "regressors": ["price", "promo"]})
@@ -237,7 +239,7 @@ def test_registry_verifies_artifact_checksums(tmp_path):
 
 
 def test_auto_selection_becomes_registry_tags():
-    from mm_platform.pipeline import _selection_tags
+    from mm_platform.steps.train import _selection_tags
 
     r = train_series(_series(300), TrainSpec(family="auto", freq="D", season_length=7, holdout=28, min_history=60))
     tags = _selection_tags(r.model_json())

@@ -9,24 +9,21 @@ import sqlalchemy as sa
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
-from mm_platform.ingestion import ingest
-from mm_platform.lake import Lake
-from mm_platform.spark_jobs import (
-    build_training_sets,
-    read_training_set,
-    train_local_buckets,
-    train_model_set,
-)
+from mm_platform.spark.train import train_grouped
+from mm_platform.steps.ingest import ingest
+from mm_platform.steps.train import build_training_sets
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.training_sets import LocalTrainingSets, training_set_store
 from mm_platform_tests.conftest import write_config
 
 RUN = date(2025, 12, 31)
 
 
 def _general(spark, lake, cfg, only=None, **kw) -> pd.DataFrame:
-    ts = read_training_set(spark, lake, cfg, RUN)
+    ts = training_set_store(lake, cfg).dataframe(spark, RUN)
     if only is not None:
         ts = ts.where(ts["series_id"].isin(only))
-    return train_model_set(ts, cfg, **kw).sort_values("series_id").reset_index(drop=True)
+    return train_grouped(ts, cfg, **kw).sort_values("series_id").reset_index(drop=True)
 
 
 def test_local_bucket_training_equals_the_groupby_path(tmp_path, spark):
@@ -38,7 +35,7 @@ def test_local_bucket_training_equals_the_groupby_path(tmp_path, spark):
     ingest(cfg, lake, cfg.source.url, RUN)
     build_training_sets(spark, lake, cfg, RUN)
 
-    fast = train_local_buckets(spark, lake, cfg, RUN)
+    fast = LocalTrainingSets(lake, cfg).train(spark, RUN)
     slow = _general(spark, lake, cfg)
     assert len(fast) == 8 and set(fast["status"]) == {"trained", "skipped"}
     pd.testing.assert_frame_equal(fast.drop(columns="fit_seconds"), slow.drop(columns="fit_seconds"))
@@ -46,7 +43,7 @@ def test_local_bucket_training_equals_the_groupby_path(tmp_path, spark):
     # with fingerprints of registered models (unchanged series are not refitted) and a subset
     known = {"store=1,item=1": fast.loc[0, "fingerprint"], "store=1,item=2": "an older fingerprint"}
     only = ["store=1,item=1", "store=1,item=2", "store=2,item=3"]
-    fast = train_local_buckets(spark, lake, cfg, RUN, known=known, only_series=only)
+    fast = LocalTrainingSets(lake, cfg).train(spark, RUN, known=known, only_series=only)
     slow = _general(spark, lake, cfg, only=only, known=known)
     assert fast["series_id"].tolist() == only
     assert fast["status"].tolist() == ["unchanged", "trained", "trained"]

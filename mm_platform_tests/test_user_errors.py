@@ -108,9 +108,9 @@ def test_user_error_in_a_step_becomes_a_non_retried_failure_with_one_line(tmp_pa
     import dagster as dg
 
     from mm_platform.cli import report_step_failures
+    from mm_platform.core.errors import USER_ERROR_METADATA_KEY
     from mm_platform.defs.ingestion.assets import raw_sales
     from mm_platform.defs.resources import build_resources
-    from mm_platform.errors import USER_ERROR_METADATA_KEY
 
     cfg_path = write_config(tmp_path)
     cfg = load_config(cfg_path)
@@ -142,14 +142,16 @@ def test_user_error_in_a_step_becomes_a_non_retried_failure_with_one_line(tmp_pa
 def test_one_corrupted_artifact_among_four_series_does_not_stop_the_others(tmp_path, spark):
     import pandas as pd
 
+    from mm_platform.core.vocabulary import model_name
     from mm_platform.forecasting.series import train_series
-    from mm_platform.ingestion import ingest
-    from mm_platform.lake import Lake
-    from mm_platform.pipeline import ErrorThresholdExceeded, production_registry
-    from mm_platform.registry import model_name
-    from mm_platform.scoring import score_and_write
-    from mm_platform.spark_jobs import build_training_sets, train_spec
-    from mm_platform.warehouse import Warehouse
+    from mm_platform.spark.train import train_spec
+    from mm_platform.steps.ingest import ingest
+    from mm_platform.steps.score import score_and_write
+    from mm_platform.steps.thresholds import ErrorThresholdExceeded
+    from mm_platform.steps.train import build_training_sets
+    from mm_platform.stores.lake import Lake
+    from mm_platform.stores.registry import production_registry
+    from mm_platform.stores.warehouse import Warehouse
 
     run = date(2025, 12, 31)
     cfg = load_config(write_config(tmp_path))

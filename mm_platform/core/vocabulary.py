@@ -15,6 +15,16 @@ UNCHANGED = "unchanged"  # not refitted: its data fingerprint equals the registe
 REGISTERED = "registered"  # registration outcome beside UNCHANGED
 SCORED, SCORING_FAILED, SCORING_SKIPPED = "scored", "failed", "skipped"  # batch scoring
 PROMOTED, REJECTED, ROLLBACK = "promoted", "rejected", "rollback"  # promotion_log actions
+FALLBACK_PROMOTED = "fallback"  # promotion_log action: a fallback model became the series' production model
+NOT_FORECAST = "not_forecast"  # promotion_log action and coverage tier: the series gets no forecast
+DRIFT_FLAGGED = "drift"  # promotion_log action: realized accuracy flagged the series (drift_log has the numbers)
+
+# -- coverage tiers: what kind of production model forecasts a series -----------------------------
+TIER_CHAMPION, TIER_FALLBACK = "champion", "fallback"
+# fallback chain entries (config promotion.fallback.chain)
+FALLBACK_OWN_MODEL, FALLBACK_INTERMITTENT, FALLBACK_SEASONAL_NAIVE = "own_model_if_beats_naive", "intermittent", "seasonal_naive"
+# drift actions (config accuracy.drift.actions)
+DRIFT_REFIT, DRIFT_ROLLBACK = "refit", "rollback"
 
 # -- registry tags --------------------------------------------------------------------------------
 TAG_DATASET = "dataset"
@@ -32,6 +42,9 @@ TAG_TRAINING_VERSION = "training_version"
 TAG_TRAINING_REGISTRY = "training_registry"
 TAG_PROMOTED_AT = "promoted_at"
 TAG_PROMOTION_RUN_DATE = "promotion_run_date"
+# coverage: the production model's tier (champion / fallback) and why it was chosen
+TAG_TIER = "tier"
+TAG_TIER_REASON = "tier_reason"
 PRODUCTION_ALIAS = "production"
 
 

@@ -4,24 +4,50 @@ endpoints, and plotly.js served from the installed plotly package."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import plotly
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mm_platform.config import DatasetConfig
 from mm_platform.dashboard import figures
 from mm_platform.dashboard.queries import SERIES_SORTS, DashboardQueries
-from mm_platform.sql import redact
+from mm_platform.stores.sql import redact
 
 HERE = Path(__file__).parent
+TOKEN_ENV = "MM_API_TOKEN"  # the scoring service's bearer token option (mm_platform.serving.app)
+COOKIE = "mm_dashboard_session"
+# No inline scripts, nothing from elsewhere; plotly.js writes inline styles. The API docs page
+# loads Swagger UI from its CDN with an inline script, so it gets its own policy.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+       "form-action 'self'")
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+            "frame-ancestors 'none'")
+SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+PUBLIC_PATHS = ("/login", "/healthz", "/static/")  # the login page and what it needs
+
+
+def session_value(token: str) -> str:
+    """The cookie's value: derived from the token, so a leaked cookie is not the scoring
+    service's bearer token."""
+    return hmac.new(token.encode(), b"mm_platform dashboard session", hashlib.sha256).hexdigest()
+
+
+def _safe_next(value: str) -> str:
+    # Only a path on this site (no //host or scheme): the login form is no open redirect.
+    return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else "/"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
@@ -55,9 +81,15 @@ def _when(v) -> str:
     return "—" if v is None else str(v)[:19].replace("T", " ")
 
 
-def create_app(cfg: DatasetConfig) -> FastAPI:
-    """The dashboard for the dataset described by ``cfg`` (reads its warehouse and lake)."""
+def create_app(cfg: DatasetConfig, token: str | None = None) -> FastAPI:
+    """The dashboard for the dataset described by ``cfg`` (reads its warehouse and lake).
+    ``token`` (default ``$MM_API_TOKEN``): every page and API route but /login, /healthz and
+    the static files needs ``Authorization: Bearer <token>`` or the session cookie the login
+    page sets; none means open (the CLI allows that only on loopback)."""
     q = DashboardQueries(cfg)
+    token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    bearer = f"Bearer {token}".encode() if token else None
+    session = session_value(token).encode() if token else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -67,7 +99,30 @@ def create_app(cfg: DatasetConfig) -> FastAPI:
 
     app = FastAPI(title=f"mm_platform dashboard · {cfg.name}", docs_url="/api/docs", redoc_url=None, lifespan=lifespan)
     app.state.queries = q
+    app.state.auth = bool(token)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    def authorized(request: Request) -> bool:
+        given = request.headers.get("authorization", "").encode()
+        cookie = request.cookies.get(COOKIE, "").encode()
+        return hmac.compare_digest(given, bearer) or hmac.compare_digest(cookie, session)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next) -> Response:
+        path = request.url.path
+        base = request.scope.get("root_path", "")
+        if bearer is not None and not path.startswith(PUBLIC_PATHS) and not authorized(request):
+            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+                target = path + (f"?{request.url.query}" if request.url.query else "")
+                response: Response = RedirectResponse(f"{base}/login?{urlencode({'next': target})}", status_code=303)
+            else:
+                response = JSONResponse({"detail": "missing or invalid bearer token"}, status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
+        response.headers["Content-Security-Policy"] = DOCS_CSP if path == "/api/docs" else CSP
+        response.headers.update(SECURITY_HEADERS)
+        return response
     templates.env.filters.update(num=_num, pct=_pct, int=_int, day=_day, when=_when)
 
     def render(request: Request, name: str, status_code: int = 200, **ctx) -> HTMLResponse:
@@ -87,6 +142,35 @@ def create_app(cfg: DatasetConfig) -> FastAPI:
 
     # Mounted after the plotly.js route so that route wins for its path.
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page(request: Request, next: str = "/"):
+        return templates.TemplateResponse(request, "login.html", {"base": request.scope.get("root_path", ""),
+                                                                   "next": _safe_next(next), "error": None, "auth": bool(token)})
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request):
+        # The form is parsed here (urlencoded, one field): no multipart dependency for one token.
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+        given, target = (form.get("token") or [""])[0], _safe_next((form.get("next") or ["/"])[0])
+        base = request.scope.get("root_path", "")
+        if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+            return templates.TemplateResponse(
+                request, "login.html", {"base": base, "next": target, "auth": bool(token),
+                                        "error": "That token is not valid." if token else "This dashboard has no token set."},
+                status_code=401 if token else 400,
+            )
+        response = RedirectResponse(f"{base}{target}", status_code=303)
+        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path=base or "/",
+                            secure=request.url.scheme == "https")
+        return response
+
+    @app.get("/logout", include_in_schema=False)
+    def logout(request: Request):
+        base = request.scope.get("root_path", "")
+        response = RedirectResponse(f"{base}/login", status_code=303)
+        response.delete_cookie(COOKIE, path=base or "/")
+        return response
 
     @app.get("/healthz")
     def healthz() -> dict:

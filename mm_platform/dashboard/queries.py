@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from mm_platform.config import DatasetConfig
-from mm_platform.core.vocabulary import METRICS
-from mm_platform.lake import Lake
-from mm_platform.sql import create_engine
+from mm_platform.core.vocabulary import METRICS, TRAINED
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.sql import create_engine
 
 VIEWS = ("v_series_accuracy", "v_latest_predictions", "v_promotion_log", "v_run_summary", "v_scoring_report")
 ACCURACY_COLUMNS = (
@@ -185,7 +185,7 @@ class DashboardQueries:
         return sa.case((col >= sa.literal(hi, sa.Float), nbins - 1), else_=floor)
 
     def _trained(self):
-        return [self.acc.c.dataset == self.dataset, self.acc.c.status == "trained"]
+        return [self.acc.c.dataset == self.dataset, self.acc.c.status == TRAINED]
 
     # -- overview ------------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from mm_platform.config import DatasetConfig, load_config
-from mm_platform.lake import Lake
-from mm_platform.registry import ModelRegistry
-from mm_platform.spark_jobs import spark_conf
-from mm_platform.warehouse import Warehouse
+from mm_platform.spark.session import spark_conf
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.registry import ModelRegistry
+from mm_platform.stores.warehouse import Warehouse
 
 
 class DatasetResource(dg.ConfigurableResource):

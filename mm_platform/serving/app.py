@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from mm_platform.config import DatasetConfig
-from mm_platform.registry import series_id
+from mm_platform.core.vocabulary import series_id
 from mm_platform.serving.cache import Entry, ModelCache, ModelUnavailable, Overloaded, SeriesNotFound
 from mm_platform.serving.metrics import ServingMetrics
 from mm_platform.serving.model import ForecastInputError
@@ -179,7 +179,7 @@ class ScoringApp(FastAPI):
 
 def create_app(cfg: DatasetConfig, settings: ServingSettings | None = None, source: ProductionSource | None = None) -> ScoringApp:
     """The service for ``cfg``'s dataset, reading its production registry (read-only)."""
-    from mm_platform.pipeline import production_registry
+    from mm_platform.stores.registry import production_registry
 
     settings = settings or ServingSettings()
     unknown = set(settings.key_types) - set(cfg.keys)

@@ -27,10 +27,12 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from mm_platform.registry import ArtifactIntegrityError, RegisteredModel, series_id
+from mm_platform.core.vocabulary import series_id
 from mm_platform.serving.metrics import ServingMetrics
 from mm_platform.serving.model import PreparedModel, deep_sizeof
 from mm_platform.serving.source import CHECK_BATCH, ProductionSource
+from mm_platform.stores.artifacts import ArtifactIntegrityError
+from mm_platform.stores.registry import RegisteredModel
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ each task (``train_buckets``), or any Spark DataFrame grouped by series (``train
 from __future__ import annotations
 
 import json
-import os
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -28,6 +27,11 @@ RESULT_FIELDS = [
     ("fit_seconds", T.DoubleType()),
     ("model_json", T.StringType()),
 ]
+
+
+# The status of a row a training task returns instead of results when it cannot read its
+# buckets (a user error: missing fsspec package or credential); never stored.
+TASK_ERROR = "task_error"
 
 
 def train_spec(cfg: DatasetConfig, family: str | None = None) -> TrainSpec:
@@ -138,16 +142,21 @@ def train_grouped(
     return result.toPandas()
 
 
-def _read_bucket(path: str) -> pd.DataFrame:
-    """One bucket folder of a local training set as Spark hands it to ``applyInPandas``:
-    naive UTC ``datetime64[ns]`` dates (the session time zone is UTC), rows sorted by series
-    and date as written."""
+def _read_bucket(url: str) -> pd.DataFrame:
+    """One bucket folder of a training set (a local path or any fsspec URL, opened from this
+    executor's environment) as Spark hands it to ``applyInPandas``: naive UTC
+    ``datetime64[ns]`` dates (the session time zone is UTC), rows sorted by series and date
+    as written."""
     import pyarrow.dataset as pads
 
+    from mm_platform.stores.lake import arrow_filesystem, task_filesystem
+
+    fs, path = task_filesystem(url)
     files = sorted(
-        os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet") and not f.startswith(("_", "."))
+        f for f in fs.ls(path, detail=False)
+        if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))
     )
-    pdf = pads.dataset(files, format="parquet").to_table().to_pandas()
+    pdf = pads.dataset(files, format="parquet", filesystem=arrow_filesystem(fs)).to_table().to_pandas()
     ds = pdf["ds"]
     if getattr(ds.dtype, "tz", None) is not None:
         ds = ds.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -162,6 +171,14 @@ def _train_buckets_fn(
     train_row = _train_row_fn(spec, keys, known, previous)
 
     def run(batches):
+        from mm_platform.core.errors import UserError, one_line
+
+        try:
+            yield from train(batches)
+        except UserError as err:  # e.g. no credential on this executor: one line for the driver
+            yield pd.DataFrame([dict.fromkeys(columns) | {"status": TASK_ERROR, "reason": one_line(err)}], columns=columns)
+
+    def train(batches):
         import numpy as np
 
         for batch in batches:
@@ -186,7 +203,7 @@ def train_buckets(
 ) -> pd.DataFrame:
     """``train_grouped`` without its shuffle, for a training set already bucketed by series
     (a series is in one bucket): each Spark task reads whole bucket folders (``buckets``,
-    paths its workers can open) and trains every series in them. ``key_schema``: the keys'
+    local paths or fsspec URLs its workers can open) and trains every series in them. ``key_schema``: the keys'
     Spark types; ``rows``: the set's row count (it sets the task count). Same rows as
     ``train_grouped``, sorted by series id."""
     spec = spec or train_spec(cfg)
@@ -199,4 +216,9 @@ def train_buckets(
     # Each task takes a contiguous run of bucket indices; as many tasks as the data needs
     # (at most spark.sql.shuffle.partitions, as the groupBy path has).
     result = spark.range(0, len(buckets), 1, task_count(spark, len(buckets), rows)).mapInPandas(fn, schema=schema).toPandas()
+    failed = result[result["status"] == TASK_ERROR]
+    if len(failed):
+        from mm_platform.core.errors import UserError
+
+        raise UserError(failed["reason"].iloc[0])
     return result.sort_values("series_id", kind="stable").reset_index(drop=True)

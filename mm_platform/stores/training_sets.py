@@ -1,14 +1,21 @@
 """The training-set store: each run date's per-series training data in the lake — keys,
 ``series_id``, ``ds``, ``y`` and the regressors — bucketed by series (Spark's
 ``pmod(xxhash64(series_id), 32)``) and sorted by series and date in each bucket, so one series
-is read from one bucket. How a set is built, read and trained from depends on where the lake
-is; that strategy is chosen once, from the lake (``training_set_store``):
+is read from one bucket.
 
-* ``LocalTrainingSets`` (a folder, or a volume every executor mounts at the same path): Spark
-  tasks split the raw files by bucket and sort each bucket with pyarrow, in a staging folder
-  swapped in by rename; training tasks read whole bucket folders (no shuffle).
-* ``DriverTrainingSets`` (any other fsspec URL, ``abfs://``…): the driver reads the raw table
-  through fsspec, Spark groups it, the driver writes the buckets back in the same layout.
+One data path for every lake fsspec can open (``FsspecTrainingSets``): Spark tasks read the
+raw month files, write the bucket fragments and the sorted buckets, and training tasks read
+their buckets, each through fsspec opened in the executor from its own environment
+(``lake.task_filesystem``). The driver handles only the manifest, file lists, footers and
+per-series results — never data rows. What differs by filesystem is only how a new set
+replaces the old one:
+
+* a local folder or a volume every executor mounts at the same path: built in a staging
+  folder and swapped in by two folder renames (atomic per rename);
+* an object store (``abfs://``…), where a "rename" is a copy of every blob: the set is written
+  to a new ``run_date=…/v=<uuid>`` folder and then a one-blob pointer (``run_date=…/_CURRENT``)
+  is switched to it, a single PUT that readers see before or after, never half-way; older
+  versions are deleted after the switch.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mm_platform.config import DatasetConfig
+from mm_platform.core.errors import UserError, one_line
 from mm_platform.spark import train as spark_train
 from mm_platform.spark.session import task_count
-from mm_platform.lake import Lake  # (moves to stores/ with the layout)
+from mm_platform.stores.lake import Lake, arrow_filesystem, task_filesystem
 
 N_BUCKETS = 32  # training-set files are bucketed by series so one series is read from one bucket
 
@@ -45,7 +53,7 @@ class TrainingSetStore(ABC):
     def _manifest_files(self) -> list[str]:
         files = sorted(self.lake.read_manifest(self.cfg.source.table)["files"].values())
         if not files:
-            raise ValueError(f"the lake has no data for table {self.cfg.source.table!r}: materialize raw_sales first")
+            raise UserError(f"the lake has no data for table {self.cfg.source.table!r}: materialize raw_sales first")
         return files
 
     @abstractmethod
@@ -67,7 +75,7 @@ class TrainingSetStore(ABC):
 
         folder = self.folder(run_date)
         if not self.lake.fs.exists(folder):
-            raise ValueError(f"no training set for {run_date} at {self.lake.uri('training_sets', self.cfg.name)}: "
+            raise UserError(f"no training set for {run_date} at {self.lake.uri('training_sets', self.cfg.name)}: "
                              "materialize training_sets first")
         partitioning = pads.partitioning(pa.schema([("bucket", pa.int32())]), flavor="hive")
         # (files starting with "_" or ".", like _SUCCESS, are skipped by default)
@@ -77,8 +85,16 @@ class TrainingSetStore(ABC):
         """The partition keys and series ids the run date's set holds (one row each), read with
         pyarrow: only those columns, a fraction of a second even for tens of millions of rows,
         where a Spark job costs seconds of JVM time."""
+        import pyarrow as pa
+
         columns = [*self.cfg.keys, "series_id"]
-        return self._dataset(run_date).to_table(columns=columns).group_by(columns).aggregate([]).to_pandas()[columns]
+        # One file at a time (a series is in one bucket): the driver holds one bucket's keys,
+        # not the whole set's.
+        parts = [f.to_table(columns=columns).group_by(columns).aggregate([])
+                 for f in self._dataset(run_date).get_fragments()]
+        if not parts:
+            return pd.DataFrame(columns=columns)
+        return pa.concat_tables(parts).group_by(columns).aggregate([]).to_pandas()[columns]
 
     def history(self, run_date: date, series_ids: list[str]) -> pd.DataFrame:
         """``series_id, ds, y`` of a few series (plots), read with pyarrow, not Spark."""
@@ -90,8 +106,8 @@ class TrainingSetStore(ABC):
 
 
 def training_set_store(lake: Lake, cfg: DatasetConfig) -> TrainingSetStore:
-    """The strategy for this lake, chosen once."""
-    return LocalTrainingSets(lake, cfg) if lake.is_local() else DriverTrainingSets(lake, cfg)
+    """The store for this lake (one data path for every fsspec lake)."""
+    return FsspecTrainingSets(lake, cfg)
 
 
 def _series_id_col(keys: list[str]):
@@ -123,13 +139,13 @@ def training_rows(raw: DataFrame, cfg: DatasetConfig, run_date: date) -> DataFra
 # per row and little that is fixed. Spark still schedules the tasks.
 
 
-def _raw_schema(files: list[str]):
+def _raw_schema(files: list[str], fs=None):
     """One schema for all raw files (their footers only): int32 in one month and int64 in
     another become int64, as they would have to for Spark."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    return pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive")
 
 
 def _arrow_key_type(t) -> bool:
@@ -177,16 +193,20 @@ def _training_table(table, cfg: DatasetConfig, run_date: date):
 
 
 SPLIT_FLUSH_ROWS = 1_000_000  # rows a map task buffers before writing them out by bucket
+POINTER = "_CURRENT"  # object stores: names the run date's current version folder
 
 
-def _split_raw_files(files: list[str], raw_schema, cfg: DatasetConfig, run_date: date, out: str, task: int) -> int:
-    """Map stage: raw files -> one fragment per bucket (``out/bucket=N/part-<task>.parquet``).
-    Rows are buffered up to ``SPLIT_FLUSH_ROWS`` and written one row group per bucket: a row
-    group per raw file and bucket (4,224 for 132 files) cost more than the data itself."""
+def _split_raw_files(fs, files: list[str], raw_schema, cfg: DatasetConfig, run_date: date, out: str, task: int
+                     ) -> tuple[int, list[int]]:
+    """Map stage: raw files -> one fragment per bucket (``out/bucket=N/part-<task>.parquet``)
+    on ``fs``; the rows kept and the buckets written. Rows are buffered up to
+    ``SPLIT_FLUSH_ROWS`` and written one row group per bucket: a row group per raw file and
+    bucket (4,224 for 132 files) cost more than the data itself."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols = cfg.columns
+    afs = arrow_filesystem(fs)
     wanted = [*cols.keys, cols.date, cols.target, *cols.regressors]
     writers: dict[int, pq.ParquetWriter] = {}
     pending: list = []
@@ -204,13 +224,13 @@ def _split_raw_files(files: list[str], raw_schema, cfg: DatasetConfig, run_date:
         for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)], strict=True):
             b = int(bucket[start])
             if b not in writers:
-                os.makedirs(f"{out}/bucket={b}", exist_ok=True)
-                writers[b] = pq.ParquetWriter(f"{out}/bucket={b}/part-{task:05d}.parquet", table.schema)
+                fs.makedirs(f"{out}/bucket={b}", exist_ok=True)
+                writers[b] = pq.ParquetWriter(f"{out}/bucket={b}/part-{task:05d}.parquet", table.schema, filesystem=afs)
             writers[b].write_table(table.slice(start, end - start))
 
     try:
         for path in files:
-            table = pq.read_table(path, columns=wanted, partitioning=None, use_threads=False)
+            table = pq.read_table(path, columns=wanted, partitioning=None, use_threads=False, filesystem=afs)
             table, bucket = _training_table(table.cast(pa.schema([raw_schema.field(n) for n in wanted])), cfg, run_date)
             if not table.num_rows:
                 continue
@@ -224,51 +244,100 @@ def _split_raw_files(files: list[str], raw_schema, cfg: DatasetConfig, run_date:
     finally:
         for w in writers.values():
             w.close()
-    return rows
+    return rows, sorted(writers)
 
 
-def _sort_bucket(fragments: str, out: str) -> tuple[int, int]:
-    """Reduce stage: one bucket's fragments -> one file sorted by series and date; its rows
-    and series (a series is in one bucket, so the counts add up across buckets)."""
+def _sort_bucket(fs, fragments: list[str], out: str) -> tuple[int, int]:
+    """Reduce stage: one bucket's fragments -> one file sorted by series and date (on ``fs``);
+    its rows and series (a series is in one bucket, so the counts add up across buckets)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    files = sorted(os.path.join(fragments, f) for f in os.listdir(fragments) if f.endswith(".parquet"))
-    table = pq.read_table(files, partitioning=None, use_threads=False)
+    afs = arrow_filesystem(fs)
+    table = pq.read_table(sorted(fragments), partitioning=None, use_threads=False, filesystem=afs)
     # Sort by (rank of the series id, date): integers sort at half the cost of the strings.
     series = pc.dictionary_encode(table["series_id"]).combine_chunks()
     rank = pc.rank(series.dictionary, sort_keys="ascending", tiebreaker="dense").to_numpy()
     order = np.lexsort((table["ds"].combine_chunks().cast(pa.int64()).to_numpy(), rank[series.indices.to_numpy()]))
-    os.makedirs(out, exist_ok=True)
-    pq.write_table(table.take(order), f"{out}/part-00000.parquet")
+    fs.makedirs(out, exist_ok=True)
+    pq.write_table(table.take(order), f"{out}/part-00000.parquet", filesystem=afs)
     return table.num_rows, len(series.dictionary)
 
 
-def _split_task_fn(files: list[str], raw_schema, cfg: DatasetConfig, run_date: date, out: str):
+# Spark tasks report a user error (missing fsspec package, missing credentials) as a status
+# row with ``error`` set: the driver raises it as one line, not as a worker traceback.
+SPLIT_SCHEMA = "task long, rows long, buckets array<int>, error string"
+SORT_SCHEMA = "rows long, series long, error string"
+
+
+def _guarded(run, columns: list[str]):
+    def guarded(batches):
+        try:
+            yield from run(batches)
+        except UserError as err:
+            yield pd.DataFrame({c: pd.Series([None], dtype=object) for c in columns} | {"error": [one_line(err)]})
+
+    return guarded
+
+
+def _split_task_fn(url: str, files: list[str], raw_schema, cfg: DatasetConfig, run_date: date, out: str):
     def run(batches):
         ids = [int(i) for batch in batches for i in batch["id"]]
         if ids:
-            yield pd.DataFrame({"rows": [_split_raw_files([files[i] for i in ids], raw_schema, cfg, run_date, out, ids[0])]})
+            fs, _ = task_filesystem(url)
+            rows, buckets = _split_raw_files(fs, [files[i] for i in ids], raw_schema, cfg, run_date, out, ids[0])
+            yield pd.DataFrame({"task": [ids[0]], "rows": [rows], "buckets": [buckets], "error": [None]})
 
-    return run
+    return _guarded(run, ["task", "rows", "buckets", "error"])
 
 
-def _sort_task_fn(buckets: list[int], fragments: str, out: str):
+def _sort_task_fn(url: str, fragments: dict[int, list[str]], out: str):
+    buckets = sorted(fragments)
+
     def run(batches):
+        fs = None
         for batch in batches:
             for i in batch["id"]:
+                fs = fs or task_filesystem(url)[0]
                 b = buckets[int(i)]
-                rows, series = _sort_bucket(f"{fragments}/bucket={b}", f"{out}/bucket={b}")
-                yield pd.DataFrame({"rows": [rows], "series": [series]})
+                rows, series = _sort_bucket(fs, fragments[b], f"{out}/bucket={b}")
+                yield pd.DataFrame({"rows": [rows], "series": [series], "error": [None]})
+
+    return _guarded(run, ["rows", "series", "error"])
+
+
+def _read_files_fn(url: str, files: list[tuple[str, int]], columns: list[str]):
+    """A task reading whole training-set files (``dataframe``), with their bucket."""
+    def run(batches):
+        import pyarrow.parquet as pq
+
+        fs = None
+        for batch in batches:
+            for i in batch["id"]:
+                fs = fs or task_filesystem(url)[0]
+                path, bucket = files[int(i)]
+                pdf = pq.read_table(path, filesystem=arrow_filesystem(fs), partitioning=None).to_pandas()
+                yield pdf.assign(bucket=np.int32(bucket))[columns]
 
     return run
 
+
+def _run_tasks(spark: SparkSession, n: int, rows: int, fn, schema: str) -> list:
+    """Run ``fn`` over ``range(n)`` in Spark tasks; its status rows, or the first task's user
+    error raised here as one line."""
+    result = spark.range(0, n, 1, task_count(spark, n, rows)).mapInPandas(fn, schema).collect()
+    errors = [r.error for r in result if r.error]
+    if errors:
+        raise UserError(errors[0])
+    return result
 
 
 def _write_buckets(lake: Lake, folder: str, rows: DataFrame) -> dict:
-    """``training_rows`` collected in the driver and written through fsspec in the layout of
-    the Arrow build (bucket=N/part-*.parquet, sorted by series and date, no bucket column)."""
+    """``training_rows`` collected in the driver and written in the layout of the Arrow build
+    (bucket=N/part-*.parquet, sorted by series and date, no bucket column). Only for keys whose
+    text form Arrow and Spark do not share (not int64/string, which ingestion writes) on a
+    local lake: Spark SQL then defines the series ids."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -288,97 +357,152 @@ def _write_buckets(lake: Lake, folder: str, rows: DataFrame) -> dict:
     return {"rows": len(pdf), "series": int(pdf["series_id"].nunique())}
 
 
-class LocalTrainingSets(TrainingSetStore):
-    """A lake every Spark worker reads at the same path (a folder, a shared volume)."""
+class FsspecTrainingSets(TrainingSetStore):
+    """Any lake fsspec opens: a folder, a shared volume, ``abfs://``… (see the module docstring).
+    ``object_store`` (default: the lake is not local) selects the version-and-pointer swap and
+    the executor-side ``dataframe``; tests force it on a local folder."""
+
+    def __init__(self, lake: Lake, cfg: DatasetConfig, *, object_store: bool | None = None):
+        super().__init__(lake, cfg)
+        self.object_store = (not lake.is_local()) if object_store is None else object_store
+
+    def _run_folder(self, run_date: date) -> str:
+        return self.lake.path("training_sets", self.cfg.name, f"run_date={run_date}")
+
+    def folder(self, run_date: date) -> str:
+        base = self._run_folder(run_date)
+        if not self.object_store:
+            return base
+        try:
+            version = self.lake.fs.cat_file(f"{base}/{POINTER}").decode().strip()
+        except FileNotFoundError:
+            return base  # no set yet (or one written before versions: bucket folders right here)
+        return f"{base}/{version}"
+
+    def uri(self, run_date: date) -> str:
+        return self.lake.uri_of(self.folder(run_date))
+
+    def _bucket_files(self, run_date: date) -> list[tuple[str, int]]:
+        """(file, bucket) of every file of the run date's set (a listing, no data)."""
+        fs, folder = self.lake.fs, self.folder(run_date)
+        if not fs.exists(folder):
+            raise UserError(f"no training set for {run_date} at {self.lake.uri('training_sets', self.cfg.name)}: "
+                            "materialize training_sets first")
+        buckets = sorted(p for p in fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("bucket="))
+        return sorted((f, int(b.rsplit("=", 1)[1])) for b in buckets for f in fs.ls(b, detail=False)
+                      if f.endswith(".parquet"))
 
     def build(self, spark: SparkSession, run_date: date) -> dict:
         cfg, lake = self.cfg, self.lake
         raw_files = [lake.path("raw", cfg.source.table, rel) for rel in self._manifest_files()]
-        raw_schema = _raw_schema(raw_files)
+        raw_schema = _raw_schema(raw_files, arrow_filesystem(lake.fs))
         cols = cfg.columns
         missing = [c for c in [*cols.keys, cols.date, cols.target, *cols.regressors] if c not in raw_schema.names]
         if missing:
-            raise ValueError(f"the lake's {cfg.source.table!r} table lacks configured columns {missing}; it has {raw_schema.names}")
-        if all(_arrow_key_type(raw_schema.field(k).type) for k in cfg.keys):
-            return self._build_arrow(spark, run_date, raw_files, raw_schema)
-        # Keys whose text form Arrow and Spark do not share: Spark SQL defines the series ids.
-        raw = spark.read.parquet(*[lake.uri("raw", cfg.source.table, rel) for rel in self._manifest_files()])
+            raise UserError(f"the lake's {cfg.source.table!r} table lacks configured columns {missing}; it has {raw_schema.names}")
+        odd = [k for k in cfg.keys if not _arrow_key_type(raw_schema.field(k).type)]
+        if not odd:
+            return self._build(spark, run_date, raw_files, raw_schema)
+        if self.object_store:
+            raise UserError(f"the lake's {cfg.source.table!r} table has keys {odd} of type "
+                            f"{[str(raw_schema.field(k).type) for k in odd]}; training sets need int64 or string keys "
+                            "(ingestion writes them so: re-copy the source into a new lake)")
+        # Keys whose text form Arrow and Spark do not share, in a lake written before the
+        # ingestion contract: Spark SQL defines the series ids (local lakes only).
+        raw = spark.read.parquet(*[lake.uri_of(f) for f in raw_files])
         stats = _write_buckets(lake, self.folder(run_date), training_rows(raw, cfg, run_date))
         return stats | {"path": self.uri(run_date)}
 
+    def _build(self, spark: SparkSession, run_date: date, raw_files: list[str], raw_schema) -> dict:
+        """Build the run date's set with two stages of Spark tasks (split raw files by bucket,
+        sort each bucket), then make it current: readers see the previous set or the new one,
+        never a partial one."""
+        import uuid
+
+        cfg, lake, fs = self.cfg, self.lake, self.lake.fs
+        tag = uuid.uuid4().hex[:12]
+        base = self._run_folder(run_date)
+        staging = lake.path("training_sets", cfg.name, f".building-run_date={run_date}-{tag}")
+        out = f"{base}/v={tag}" if self.object_store else f"{staging}/out"
+        rows = int(lake.read_manifest(cfg.source.table).get("rows") or 0)
+        committed = False
+        try:
+            split = _split_task_fn(lake.url, raw_files, raw_schema, cfg, run_date, f"{staging}/map")
+            written = _run_tasks(spark, len(raw_files), rows, split, SPLIT_SCHEMA)
+            # The fragment files follow from what each task reports: no listing of the store.
+            fragments: dict[int, list[str]] = {}
+            for r in written:
+                for b in r.buckets or []:
+                    fragments.setdefault(int(b), []).append(f"{staging}/map/bucket={b}/part-{r.task:05d}.parquet")
+            stats = [(0, 0)]
+            if fragments:
+                sort = _sort_task_fn(lake.url, fragments, out)
+                stats += [(r.rows, r.series) for r in _run_tasks(spark, len(fragments), rows, sort, SORT_SCHEMA)]
+            fs.makedirs(out, exist_ok=True)
+            with fs.open(f"{out}/_SUCCESS", "wb"):
+                pass
+            self._commit(run_date, out)
+            committed = True
+        finally:
+            for leftover in [staging] + ([] if committed or not self.object_store else [out]):
+                try:
+                    fs.rm(leftover, recursive=True)
+                except FileNotFoundError:
+                    pass
+        return {"rows": sum(r for r, _ in stats), "series": sum(s for _, s in stats), "path": self.uri(run_date)}
+
+    def _commit(self, run_date: date, out: str) -> None:
+        fs, final = self.lake.fs, self._run_folder(run_date)
+        if not self.object_store:
+            # A local or mounted folder renames atomically. Two renames: a crash between them
+            # leaves no set for the run date (a rebuild makes it again), never a mix.
+            old = f"{out}.old"
+            if os.path.exists(final):
+                os.rename(final, old)
+            os.rename(out, final)
+            return
+        # Object stores: one PUT of the pointer is the commit point; then older versions (and
+        # bucket folders of a set written before versions) are deleted.
+        version = out.rsplit("/", 1)[1]
+        fs.pipe_file(f"{final}/{POINTER}", version.encode())
+        for p in fs.ls(final, detail=False):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if name not in (version, POINTER):
+                fs.rm(p, recursive=True)
+
     def dataframe(self, spark: SparkSession, run_date: date) -> DataFrame:
-        return spark.read.parquet(self.uri(run_date))
+        if not self.object_store:
+            return spark.read.parquet(self.uri(run_date))
+        # Spark here has no connector for the object store: tasks read the files through fsspec.
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        files = self._bucket_files(run_date)
+        if not files:
+            raise UserError(f"the training set for {run_date} at {self.uri(run_date)} is empty")
+        schema = pq.read_schema(files[0][0], filesystem=arrow_filesystem(self.lake.fs))
+        schema = pa.schema([*(f for f in schema if f.name != "bucket"), pa.field("bucket", pa.int32())])
+        spark_schema = from_arrow_schema(schema)
+        fn = _read_files_fn(self.lake.url, files, schema.names)
+        return spark.range(0, len(files), 1, len(files)).mapInPandas(fn, spark_schema)
 
     def train(self, spark, run_date, known=None, previous=None, only_series=None) -> pd.DataFrame:
         import pyarrow.parquet as pq
         from pyspark.sql.pandas.types import from_arrow_type
 
-        fs, folder = self.lake.fs, self.folder(run_date)
-        buckets = sorted(p for p in fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("bucket="))
-        files = sorted(f for b in buckets for f in fs.ls(b, detail=False) if f.endswith(".parquet"))
+        files = self._bucket_files(run_date)
         if not files:
             return pd.DataFrame(columns=[*self.cfg.keys, *(n for n, _ in spark_train.RESULT_FIELDS)])
+        afs = arrow_filesystem(self.lake.fs)
         # The key types as the groupBy path has them, from one footer (not a Spark job).
-        sample = pq.read_schema(files[0])
+        sample = pq.read_schema(files[0][0], filesystem=afs)
         key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in self.cfg.keys]
-        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        rows = sum(pq.read_metadata(f, filesystem=afs).num_rows for f, _ in files)
+        buckets = sorted({self.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
         return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, known=known, previous=previous,
                                          only_series=only_series)
 
-    def _build_arrow(self, spark: SparkSession, run_date: date, raw_files: list[str], raw_schema) -> dict:
-        """Build the run date's training set in a staging folder with two stages of Spark tasks,
-        then swap it in: readers see the previous set or the new one, never a partial one."""
-        import shutil
-        import uuid
 
-        cfg, lake = self.cfg, self.lake
-        final = self.folder(run_date)
-        staging = lake.path("training_sets", cfg.name, f".building-run_date={run_date}-{uuid.uuid4().hex[:12]}")
-        rows = int(lake.read_manifest(cfg.source.table).get("rows") or 0)
-        try:
-            split = _split_task_fn(raw_files, raw_schema, cfg, run_date, f"{staging}/map")
-            spark.range(0, len(raw_files), 1, task_count(spark, len(raw_files), rows)).mapInPandas(split, "rows long").collect()
-            buckets = sorted(int(d.split("=", 1)[1]) for d in os.listdir(f"{staging}/map")) if os.path.isdir(f"{staging}/map") else []
-            stats = [(0, 0)]
-            if buckets:
-                sort = _sort_task_fn(buckets, f"{staging}/map", f"{staging}/out")
-                stats += [(r.rows, r.series) for r in spark.range(0, len(buckets), 1, task_count(spark, len(buckets), rows))
-                          .mapInPandas(sort, "rows long, series long").collect()]
-            os.makedirs(f"{staging}/out", exist_ok=True)
-            open(f"{staging}/out/_SUCCESS", "wb").close()
-            # Two renames: a crash between them leaves no set for the run date (a rebuild makes it
-            # again from the raw table), never a mix of old and new files.
-            old = f"{staging}/old"
-            if os.path.exists(final):
-                os.rename(final, old)
-            os.rename(f"{staging}/out", final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return {"rows": sum(r for r, _ in stats), "series": sum(s for _, s in stats), "path": self.uri(run_date)}
-
-
-class DriverTrainingSets(TrainingSetStore):
-    """Any other fsspec lake (``abfs://``…): this Spark has no connector for it, so rows pass
-    through the driver, read and written with pyarrow through fsspec (every master, Spark
-    Connect too)."""
-
-    def build(self, spark: SparkSession, run_date: date) -> dict:
-        cfg, lake = self.cfg, self.lake
-        self._manifest_files()  # (raises when the raw table is empty)
-        cols = cfg.columns
-        wanted = [cols.date, cols.target, *cols.keys, *cols.regressors]
-        pdf = lake.read_raw(cfg.source.table, columns=wanted, filters=[(cols.date, "<=", pd.Timestamp(run_date))])
-        pdf[cols.date] = pd.to_datetime(pdf[cols.date]).astype("datetime64[us]")
-        stats = _write_buckets(lake, self.folder(run_date), training_rows(spark.createDataFrame(pdf), cfg, run_date))
-        return stats | {"path": self.uri(run_date)}
-
-    def dataframe(self, spark: SparkSession, run_date: date) -> DataFrame:
-        pdf = self._dataset(run_date).to_table().to_pandas()
-        pdf["ds"] = pd.to_datetime(pdf["ds"]).astype("datetime64[us]")
-        return spark.createDataFrame(pdf)
-
-    def train(self, spark, run_date, known=None, previous=None, only_series=None) -> pd.DataFrame:
-        training_set = self.dataframe(spark, run_date)
-        if only_series is not None:
-            training_set = training_set.where(F.col("series_id").isin(list(only_series)))
-        return spark_train.train_grouped(training_set, self.cfg, known=known, previous=previous)
+# The name the local lake's store had before one path served every lake.
+LocalTrainingSets = FsspecTrainingSets

@@ -2,6 +2,7 @@ from datetime import date
 
 import dagster as dg
 
+from mm_platform.core.errors import user_errors_as_failures
 from mm_platform.defs.partitions import run_dates
 from mm_platform.defs.resources import (
     DatasetResource,
@@ -9,9 +10,8 @@ from mm_platform.defs.resources import (
     SourceDatabaseResource,
     WarehouseResource,
 )
-from mm_platform.errors import user_errors_as_failures
-from mm_platform.ingestion import ingest
-from mm_platform.sql import redact
+from mm_platform.steps.ingest import ingest
+from mm_platform.stores.sql import redact
 
 MISSING_SERIES_SHOWN = 20  # series ids listed in the metadata; the warehouse view has them all
 

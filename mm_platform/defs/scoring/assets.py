@@ -2,14 +2,14 @@ from datetime import date
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
-from pyspark.sql import functions as F
 
+from mm_platform.core.errors import user_errors_as_failures
+from mm_platform.core.vocabulary import SCORED, SCORING_FAILED
 from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.plots import png_markdown, sample_forecasts_png
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
-from mm_platform.errors import user_errors_as_failures
-from mm_platform.plots import png_markdown, sample_forecasts_png
-from mm_platform.scoring import score_and_write
-from mm_platform.spark_jobs import read_training_set
+from mm_platform.steps.score import score_and_write
+from mm_platform.stores.training_sets import training_set_store
 
 
 @dg.asset(
@@ -39,21 +39,20 @@ def batch_predictions(
         spark, lake.lake(), cfg, run_date, production_registry.registry(), warehouse.warehouse(), context.run_id
     )
     preds, report = outcome.predictions, outcome.report
-    for row in report[report["status"] == "failed"].head(20).itertuples():
+    for row in report[report["status"] == SCORING_FAILED].head(20).itertuples():
         context.log.error(f"series {row.series_id} not scored: {row.reason}")
-    problems = report[report["status"] != "scored"][["series_id", "status", "reason"]]
+    problems = report[report["status"] != SCORED][["series_id", "status", "tier", "reason"]]
     sample = sorted(preds["series_id"].unique())[:4] if len(preds) else []
-    history = (
-        read_training_set(spark, lake.lake(), cfg, run_date).where(F.col("series_id").isin(sample)).select("series_id", "ds", "y").toPandas()
-        if sample
-        else None
-    )
+    # (read with pyarrow: a Spark job only to draw a plot would cost seconds of JVM time)
+    history = training_set_store(lake.lake(), cfg).history(run_date, sample) if sample else None
     return dg.MaterializeResult(
         metadata={
             "prediction_rows": outcome.rows_written,
             "series_scored": outcome.scored,
             "series_failed": outcome.failed,
             "series_skipped": outcome.skipped,
+            # coverage: who forecast the series (v_coverage has each series and why)
+            "series_scored_by_tier": dg.MetadataValue.json(outcome.by_tier()),
             "horizon": cfg.horizon,
             "warehouse_tables": "predictions, scoring_report",
             "sample_forecasts": dg.MetadataValue.md(
@@ -73,8 +72,8 @@ def batch_predictions(
     group_name="scoring",
     kinds={"sql"},
     automation_condition=dg.AutomationCondition.eager(),
-    description="Aggregated accuracy and run metrics (`forecast_metrics`) and the BI views "
-    "(v_latest_predictions, v_series_accuracy, v_scoring_report, v_run_summary, v_promotion_log).",
+    description="Aggregated accuracy, run and coverage metrics (`forecast_metrics`) and the BI views "
+    "(v_latest_predictions, v_series_accuracy, v_scoring_report, v_run_summary, v_promotion_log, v_coverage).",
 )
 @user_errors_as_failures
 def forecast_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:

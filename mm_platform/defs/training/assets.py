@@ -3,12 +3,12 @@ from datetime import date
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
+from mm_platform.core.errors import user_errors_as_failures
+from mm_platform.core.vocabulary import TRAINED
 from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.plots import accuracy_histogram_png, png_markdown
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
-from mm_platform.errors import user_errors_as_failures
-from mm_platform.pipeline import train_and_register
-from mm_platform.plots import accuracy_histogram_png, png_markdown
-from mm_platform.spark_jobs import build_training_sets
+from mm_platform.steps.train import build_training_sets, train_and_register
 
 
 @dg.asset(
@@ -56,8 +56,8 @@ def model_set(
     outcome = train_and_register(
         pyspark.spark_session, lake.lake(), cfg, run_date, training_registry.registry(), warehouse.warehouse(), context.run_id
     )
-    trained = outcome.report[outcome.report["status"] == "trained"]
-    problems = outcome.report[outcome.report["status"] != "trained"][["series_id", "status", "reason"]]
+    trained = outcome.report[outcome.report["status"] == TRAINED]
+    problems = outcome.report[outcome.report["status"] != TRAINED][["series_id", "status", "reason"]]
     summary = trained[["wape", "mape", "rmse", "naive_wape", "naive_mape"]].describe().T[["mean", "50%", "min", "max"]]
     return dg.MaterializeResult(
         metadata={

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from mm_platform.errors import SourceError, one_line
+from mm_platform.core.errors import SourceError, one_line
 
 
 def create_engine(url: str) -> sa.Engine:

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mm_platform.core.vocabulary import TRAINED
+
 OURS = "#2563eb"
 NAIVE = "#f59e0b"
 ACTUALS = "#374151"
@@ -46,7 +48,7 @@ def accuracy_histogram_png(report_df: pd.DataFrame) -> bytes:
     """
     df = report_df
     if "status" in df.columns:
-        df = df[df["status"] == "trained"]
+        df = df[df["status"] == TRAINED]
     ours = pd.to_numeric(df.get("wape", pd.Series(dtype=float)), errors="coerce")
     naive = pd.to_numeric(df.get("naive_wape", pd.Series(dtype=float)), errors="coerce")
     ours, naive = ours[np.isfinite(ours)], naive[np.isfinite(naive)]

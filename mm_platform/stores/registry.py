@@ -8,43 +8,39 @@ artifact is the model's compact JSON form; its sha256 is checked on every load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mm_platform.errors import UserError, one_line
-from mm_platform.faults import fault_point
+from mm_platform.config import DatasetConfig
+from mm_platform.core.errors import UserError, one_line
+from mm_platform.core.faults import fault_point
+from mm_platform.core.vocabulary import (
+    PRODUCTION_ALIAS,
+    TAG_DATASET,
+    TAG_SERIES_ID,
+    TAG_SHA256,
+    is_identity_tag,
+    metric_tag,
+)
+from mm_platform.stores.artifacts import read_verified, sha256
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
-PRODUCTION_ALIAS = "production"
-
-
-class ArtifactIntegrityError(RuntimeError):
-    """A model artifact does not match the sha256 recorded at registration."""
+CHECK_BATCH = 500  # registered models per query of aliased versions
+SEARCH_BATCH = 100  # names per search_registered_models query (client API)
 
 
 class ReadOnlyRegistryError(PermissionError):
     """A write was attempted through a read-only registry handle."""
-
-
-def model_name(dataset: str, keys: dict) -> str:
-    parts = [f"{k}_{re.sub(r'[^A-Za-z0-9_-]', '_', str(v))}" for k, v in keys.items()]
-    return ".".join([dataset, *parts])
-
-
-def series_id(keys: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in keys.items())
 
 
 @dataclass(frozen=True)
@@ -57,15 +53,11 @@ class RegisteredModel:
 
     @property
     def series_id(self) -> str:
-        return self.tags.get("series_id", "")
+        return self.tags.get(TAG_SERIES_ID, "")
 
     def metric(self, name: str) -> float | None:
-        v = self.tags.get(f"metric.{name}")
+        v = self.tags.get(metric_tag(name))
         return float(v) if v not in (None, "", "nan") else None
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _to_registered(mv) -> RegisteredModel:
@@ -82,11 +74,13 @@ class ModelRegistry:
         self.writable = writable
         ensure_schema(tracking_uri)  # complete and at MLflow's head, or created atomically now
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._sql_ok = True  # direct queries for aliased versions, until they fail once
+        self._statements = None
 
     # -- reading -------------------------------------------------------------------------------
 
     def search(self, dataset: str, extra_filter: str | None = None) -> list[RegisteredModel]:
-        flt = f"tags.dataset = '{_quote(dataset)}'"
+        flt = f"tags.{TAG_DATASET} = '{_quote(dataset)}'"
         if extra_filter:
             flt += f" AND {extra_filter}"
         out, token = [], None
@@ -115,7 +109,7 @@ class ModelRegistry:
             newest = (
                 session.query(mv.name.label("name"), sa.func.max(mv.version).label("version"))
                 .join(t, sa.and_(t.workspace == workspace, t.name == mv.name, t.version == mv.version))
-                .filter(mv.workspace == workspace, mv.current_stage != STAGE_DELETED_INTERNAL, t.key == "dataset", t.value == dataset)
+                .filter(mv.workspace == workspace, mv.current_stage != STAGE_DELETED_INTERNAL, t.key == TAG_DATASET, t.value == dataset)
                 .group_by(mv.name)
                 .subquery()
             )
@@ -149,9 +143,13 @@ class ModelRegistry:
                 latest[mv.series_id] = mv
         return latest
 
+    def versions_of(self, dataset: str, series: str) -> list[RegisteredModel]:
+        """Every version of a series' model, found by its tags."""
+        return self.search(dataset, f"tags.{TAG_SERIES_ID} = '{_quote(series)}'")
+
     def find(self, dataset: str, series: str) -> RegisteredModel | None:
         """A series' newest model, found by its tags."""
-        found = self.search(dataset, f"tags.series_id = '{_quote(series)}'")
+        found = self.versions_of(dataset, series)
         return max(found, key=lambda m: m.version) if found else None
 
     def aliased_by_series(self, dataset: str, alias: str = PRODUCTION_ALIAS) -> dict[str, RegisteredModel]:
@@ -177,7 +175,7 @@ class ModelRegistry:
             a, rt = SqlRegisteredModelAlias, SqlRegisteredModelTag
             return (
                 query.join(a, sa.and_(a.workspace == workspace, a.name == name_col, a.version == version_col))
-                .join(rt, sa.and_(rt.workspace == workspace, rt.name == name_col, rt.key == "dataset"))
+                .join(rt, sa.and_(rt.workspace == workspace, rt.name == name_col, rt.key == TAG_DATASET))
                 .filter(a.alias == alias, rt.value == dataset)
             )
 
@@ -208,23 +206,112 @@ class ModelRegistry:
         return {mv.series_id: mv for mv in self.search(dataset) if aliases.get(mv.name) == mv.version}
 
     def read_artifact(self, model: RegisteredModel) -> bytes:
-        path = _local_path(model.source)
-        if path is not None:
-            data = Path(path).read_bytes()
-        else:
-            from mlflow.artifacts import download_artifacts
-
-            with tempfile.TemporaryDirectory() as tmp:
-                data = Path(download_artifacts(artifact_uri=model.source, dst_path=tmp)).read_bytes()
-        expected = model.tags.get("artifact_sha256")
-        if not expected or _sha256(data) != expected:
-            raise ArtifactIntegrityError(
-                f"artifact of {model.name} v{model.version} at {model.source} does not match its recorded sha256"
-            )
-        return data
+        """The model's artifact, checked against the sha256 recorded at registration."""
+        return read_verified(model.source, model.tags.get(TAG_SHA256), f"artifact of {model.name} v{model.version}")
 
     def load_model(self, model: RegisteredModel) -> dict:
         return json.loads(self.read_artifact(model))
+
+
+    # -- production lookups, one series or a batch of models at a time (real-time serving) ------
+    #
+    # MLflow's client API works with any registry but is slow for this (get_model_version_by_alias
+    # loads the whole registered model; search_registered_models every version and tag). On a
+    # SQL-backed registry: read-only queries built from MLflow's own ORM models. If they ever
+    # fail (an MLflow release with other internals) the client API is used from then on.
+
+    def aliased_version(self, name: str, alias: str = PRODUCTION_ALIAS) -> RegisteredModel | None:
+        """The version ``alias`` of registered model ``name`` points at, with its tags, or None."""
+        return self._fast_or_api(self._lookup_sql, self._lookup_api, name, alias)
+
+    def aliased_versions(self, names: list[str], alias: str = PRODUCTION_ALIAS) -> dict[str, int | None]:
+        """Which version ``alias`` points at now for each registered model (None: gone)."""
+        return self._fast_or_api(self._production_versions_sql, self._production_versions_api, names, alias)
+
+    def _fast_or_api(self, sql, api, arg, alias):
+        if self._sql_ok:
+            try:
+                return sql(arg, alias)
+            except Exception as exc:  # noqa: BLE001 - any failure of the internals: use the public API
+                self._sql_ok = False
+                log.info("direct registry queries unavailable (%s: %s); using MLflow's client API", type(exc).__name__, exc)
+        return api(arg, alias)
+
+    def _lookup_api(self, name: str, alias: str) -> RegisteredModel | None:
+        try:
+            mv = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None  # no such model, or it has no production alias
+            raise
+        return RegisteredModel(mv.name, int(mv.version), mv.source, dict(mv.tags), mv.run_id)
+
+    def _production_versions_api(self, names: list[str], alias: str) -> dict[str, int | None]:
+        out: dict[str, int | None] = dict.fromkeys(names)
+        for i in range(0, len(names), SEARCH_BATCH):
+            chunk = names[i : i + SEARCH_BATCH]
+            # Names come from model_name(): letters, digits, "_", "-" and "." only.
+            flt = "name IN (" + ",".join(f"'{n}'" for n in chunk) + ")"
+            token = None
+            while True:
+                page = self.client.search_registered_models(flt, max_results=len(chunk), page_token=token)
+                for rm in page:
+                    version = (rm.aliases or {}).get(alias)
+                    out[rm.name] = int(version) if version is not None else None
+                token = page.token
+                if not token:
+                    break
+        return out
+
+    def _alias_statements(self):
+        """MLflow's SQL store and two statements built once from its ORM models: a series'
+        production version with its tags (one joined query), and the production versions of
+        many models (one indexed query)."""
+        if self._statements is None:
+            from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
+            from mlflow.store.model_registry.dbmodels.models import SqlModelVersion as Version
+            from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag as Tag
+            from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelAlias as Alias
+            from sqlalchemy import and_, bindparam, select
+
+            store = self._sql_store()
+            if store is None:
+                raise TypeError("the registry store is not SQL")
+            workspace = store._get_active_workspace()
+            lookup = (
+                select(Version.version, Version.source, Version.run_id, Tag.key, Tag.value)
+                .select_from(Alias)
+                .join(Version, and_(Version.workspace == Alias.workspace, Version.name == Alias.name,
+                                    Version.version == Alias.version))
+                .outerjoin(Tag, and_(Tag.workspace == Version.workspace, Tag.name == Version.name,
+                                     Tag.version == Version.version))
+                .where(Alias.workspace == workspace, Alias.name == bindparam("name"), Alias.alias == bindparam("alias"),
+                       Version.current_stage != STAGE_DELETED_INTERNAL)
+            )
+            versions = select(Alias.name, Alias.version).where(
+                Alias.workspace == workspace, Alias.alias == bindparam("alias"), Alias.name.in_(bindparam("names", expanding=True))
+            )
+            self._statements = (store, lookup, versions)
+        return self._statements
+
+    def _lookup_sql(self, name: str, alias: str) -> RegisteredModel | None:
+        store, lookup, _ = self._alias_statements()
+        with store.ManagedSessionMaker() as session:
+            rows = session.execute(lookup, {"name": name, "alias": alias}).all()
+        if not rows:
+            return None
+        version, source, run_id = rows[0][:3]
+        tags = {key: value for *_, key, value in rows if key is not None}
+        return RegisteredModel(name, int(version), source, tags, run_id)
+
+    def _production_versions_sql(self, names: list[str], alias: str) -> dict[str, int | None]:
+        store, _, versions = self._alias_statements()
+        out: dict[str, int | None] = dict.fromkeys(names)
+        with store.ManagedSessionMaker() as session:
+            for i in range(0, len(names), CHECK_BATCH):
+                for name, version in session.execute(versions, {"names": names[i : i + CHECK_BATCH], "alias": alias}):
+                    out[name] = int(version)
+        return out
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -270,7 +357,7 @@ class ModelRegistry:
                     Path(tmp, f"{name}.json").write_bytes(data)
                 self.client.log_artifacts(run.info.run_id, tmp, artifact_path="models")
             prepared = [
-                (name, f"{run.info.artifact_uri}/models/{name}.json", {**tags, "artifact_sha256": _sha256(data)})
+                (name, f"{run.info.artifact_uri}/models/{name}.json", {**tags, TAG_SHA256: sha256(data)})
                 for name, data, tags in entries
             ]
             store = self._sql_store()
@@ -299,7 +386,7 @@ class ModelRegistry:
     def _ensure_registered_model(self, name: str, tags: dict[str, str]) -> None:
         try:
             self.client.create_registered_model(
-                name, tags={k: v for k, v in tags.items() if k in ("dataset", "series_id") or k.startswith("key.")}
+                name, tags={k: v for k, v in tags.items() if is_identity_tag(k)}
             )
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
@@ -308,6 +395,23 @@ class ModelRegistry:
     def set_production(self, model: RegisteredModel) -> None:
         self._check_writable()
         self.client.set_registered_model_alias(model.name, PRODUCTION_ALIAS, str(model.version))
+
+
+def training_registry(cfg: DatasetConfig) -> ModelRegistry:
+    """The dataset's training registry (where every trained model is registered)."""
+    s = cfg.storage
+    return ModelRegistry(s.training_registry_uri, s.training_artifact_root, f"{cfg.name}-training")
+
+
+def production_registry(cfg: DatasetConfig, writable: bool = False) -> ModelRegistry:
+    """The dataset's production registry; read-only unless asked (only promotion and rollback write)."""
+    s = cfg.storage
+    return ModelRegistry(s.production_registry_uri, s.production_artifact_root, f"{cfg.name}-production", writable=writable)
+
+
+def production_by_series(production, dataset: str) -> dict[str, RegisteredModel]:
+    """Each series' production model: the version its ``production`` alias points at."""
+    return production.aliased_by_series(dataset, PRODUCTION_ALIAS)
 
 
 def _bulk_register(store, prepared: list[tuple[str, str, dict[str, str]]], run_id: str, alias: str | None) -> list[RegisteredModel]:
@@ -353,7 +457,7 @@ def _bulk_register(store, prepared: list[tuple[str, str, dict[str, str]]], run_i
             if name not in existing:
                 objects.append(store._with_workspace_field(SqlRegisteredModel(name=name, creation_time=now, last_updated_time=now)))
                 for k, v in tags.items():
-                    if k in ("dataset", "series_id") or k.startswith("key."):
+                    if is_identity_tag(k):
                         objects.append(store._with_workspace_field(SqlRegisteredModelTag(name=name, key=k, value=v)))
             objects.append(
                 store._with_workspace_field(
@@ -383,14 +487,6 @@ def _bulk_register(store, prepared: list[tuple[str, str, dict[str, str]]], run_i
 
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")
-
-
-def _local_path(uri: str) -> str | None:
-    if uri.startswith("file://"):
-        return unquote(urlparse(uri).path)
-    if "://" not in uri and os.path.isabs(uri):
-        return uri
-    return None
 
 
 # -- creating a registry store -------------------------------------------------------------------

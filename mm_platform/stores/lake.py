@@ -29,8 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mm_platform.errors import UserError
-from mm_platform.faults import fault_point
+from mm_platform.core.errors import UserError
+from mm_platform.core.faults import fault_point
 
 MANIFEST = "_manifest.json"
 AZURE_PROTOCOLS = ("abfs", "abfss", "az")
@@ -66,6 +66,64 @@ def storage_options(url: str) -> dict:
     return opts
 
 
+# What a deployment sets on every executor for each scheme's credentials (docs/deploying.md).
+_EXECUTOR_CREDENTIALS = {
+    p: "AZURE_STORAGE_CONNECTION_STRING (or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
+       "AZURE_STORAGE_SAS_TOKEN)" for p in AZURE_PROTOCOLS
+}
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def arrow_filesystem(fs):
+    """The ``filesystem`` argument pyarrow should get for paths of ``fs``: None (pyarrow's own
+    local I/O, faster than going through fsspec) for a local filesystem, else ``fs``."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return None if protocol in ("file", "local") else fs
+
+
+def task_filesystem(url: str):
+    """``(fs, path)`` of a lake URL, opened inside a Spark task from the executor's own
+    environment (credentials never travel from the driver). A missing filesystem package or
+    credential raises a one-line ``UserError`` naming the scheme, what is missing and where to
+    set it; the task returns it as a status row and the driver raises it."""
+    from fsspec.registry import known_implementations
+
+    scheme = _scheme(url)
+    where = f"lake URL {url.split('?', 1)[0]}"
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+    except ImportError:
+        package = known_implementations.get(scheme, {}).get("class", scheme).split(".", 1)[0]
+        raise UserError(
+            f"{where}: the Spark executors cannot import {package}, the fsspec package for {scheme}://; install it in "
+            "the executors' Python environment (the cluster's libraries, or spark.pyspark.python)"
+        ) from None
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. adlfs without an account or credential
+        raise UserError(_credentials_message(where, scheme, err)) from None
+    if scheme in _EXECUTOR_CREDENTIALS:
+        try:  # one request: bad credentials fail here, in the task's first line, not mid-write
+            fs.exists(path)
+        except Exception as err:  # noqa: BLE001
+            raise UserError(_credentials_message(where, scheme, err)) from None
+    return fs, path
+
+
+def _credentials_message(where: str, scheme: str, err: BaseException) -> str:
+    from mm_platform.core.errors import one_line
+
+    needed = _EXECUTOR_CREDENTIALS.get(scheme, "the credentials of its fsspec package")
+    present = sorted(k for k in os.environ if k.startswith("AZURE_STORAGE_"))
+    state = f"the executors have {', '.join(present)} but access failed" if present else "no credential is set on the executors"
+    return (f"{where}: {scheme}:// needs {needed} in every Spark executor's environment and {state} "
+            f"({one_line(err)[:200]}); set it with spark.executorEnv.<VAR> in spark.conf or the cluster's "
+            "environment (docs/deploying.md)")
+
+
 _CONTAINERS_SEEN: set[str] = set()
 
 
@@ -94,10 +152,13 @@ class Lake:
         return "/".join([self.root, *parts])
 
     def uri(self, *parts: str) -> str:
-        """A URI other engines (Spark) can open."""
+        """A URI other engines (Spark, a Spark task's fsspec) can open."""
+        return self.uri_of(self.path(*parts))
+
+    def uri_of(self, path: str) -> str:
+        """The URI of a path of this lake's filesystem (``self.path(...)``, ``fs.ls``)."""
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        p = self.path(*parts)
-        return p if protocol in ("file", "local") else f"{protocol}://{p}"
+        return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
     def is_local(self) -> bool:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
@@ -204,7 +265,7 @@ class Lake:
     def upsert_raw(
         self,
         table: str,
-        rows: pd.DataFrame,
+        rows: pd.DataFrame | Iterable[pd.DataFrame],
         keys: list[str],
         date_col: str,
         *,
@@ -217,16 +278,17 @@ class Lake:
         ``schema`` (the ingestion contract) is the type of every column written: old rows of a
         rewritten month are cast to it too, so one write can never change a column's type.
         ``watermark`` (default: the newest date in ``rows``) and ``extra`` fields are stored in
-        the manifest."""
+        the manifest. ``rows`` may be an iterable of frames (ingestion streams the source month
+        by month): a month must then be in one frame; the manifest is still swapped once."""
         manifest = self.read_manifest(table)
         files = dict(manifest["files"])
-        d = rows[date_col].dt
-        ym = d.year * 100 + d.month  # integer arithmetic: strftime on millions of rows is slow
-        month = ym.map({v: f"{v // 100:04d}-{v % 100:02d}" for v in ym.unique()})
         new_files: dict[str, str] = {}
         inserted = updated = 0
         key_cols = [*keys, date_col]
-        for m, chunk in rows.groupby(month, sort=True):
+        newest = None
+        for m, chunk in self._months(rows, date_col):
+            top = chunk[date_col].max()
+            newest = top if newest is None or top > newest else newest
             old_rel = files.get(m)
             if old_rel:
                 old_t = pq.read_table(self.path("raw", table, old_rel), filesystem=self.fs)
@@ -261,7 +323,7 @@ class Lake:
             self._delete(table, new_files.values())
             return {"inserted": 0, "updated": 0, "files_written": 0}
         if watermark is None:
-            watermark = str(rows[date_col].max().date())
+            watermark = str(newest.date())
             if manifest.get("watermark") and manifest["watermark"] > watermark:
                 watermark = manifest["watermark"]
         fault_point("lake.before_manifest")  # new files written, manifest not yet swapped
@@ -280,6 +342,15 @@ class Lake:
         )
         self._delete(table, superseded)
         return {"inserted": inserted, "updated": updated, "files_written": len(new_files)}
+
+    @staticmethod
+    def _months(rows, date_col: str):
+        """(month, rows of that month) of one frame or of each frame of an iterable."""
+        for frame in [rows] if isinstance(rows, pd.DataFrame) else rows:
+            d = frame[date_col].dt
+            ym = d.year * 100 + d.month  # integer arithmetic: strftime on millions of rows is slow
+            month = ym.map({v: f"{v // 100:04d}-{v % 100:02d}" for v in ym.unique()})
+            yield from frame.groupby(month, sort=True)
 
     def _delete(self, table: str, rels: Iterable[str]) -> None:
         for rel in rels:

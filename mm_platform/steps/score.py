@@ -12,12 +12,22 @@ from datetime import date
 import pandas as pd
 
 from mm_platform.config import DatasetConfig
-from mm_platform.ingestion import stopped_series
-from mm_platform.lake import Lake
-from mm_platform.pipeline import production_models_frame, threshold_exceeded
-from mm_platform.registry import ModelRegistry, series_id
-from mm_platform.spark_jobs import SCORED, SCORING_FAILED, SCORING_SKIPPED, score_series, training_set_series
-from mm_platform.warehouse import Warehouse
+from mm_platform.core.vocabulary import (
+    SCORED,
+    SCORING_FAILED,
+    SCORING_SKIPPED,
+    TAG_TIER,
+    TIER_CHAMPION,
+    key_tag,
+    series_id,
+)
+from mm_platform.spark.score import score_series
+from mm_platform.steps.ingest import stopped_series
+from mm_platform.steps.interfaces import RegistryReader, ReportStore
+from mm_platform.steps.thresholds import threshold_exceeded
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.registry import production_by_series
+from mm_platform.stores.training_sets import training_set_store
 
 
 @dataclass
@@ -41,6 +51,11 @@ class ScoringOutcome:
     def skipped(self) -> int:
         return self.count(SCORING_SKIPPED)
 
+    def by_tier(self) -> dict[str, int]:
+        """Series scored per production-model tier (champion / fallback)."""
+        scored = self.report[self.report["status"] == SCORED] if len(self.report) else self.report
+        return {str(t): int(n) for t, n in scored["tier"].value_counts().items()} if len(scored) else {}
+
 
 def with_future_regressors(models: pd.DataFrame, future: pd.DataFrame | None, cfg: DatasetConfig) -> pd.DataFrame:
     """``models`` plus a ``future_regressors`` column: each series' known future regressor
@@ -61,8 +76,26 @@ def with_future_regressors(models: pd.DataFrame, future: pd.DataFrame | None, cf
     return models
 
 
+def production_models_frame(cfg: DatasetConfig, production: RegistryReader) -> tuple[pd.DataFrame, list[dict]]:
+    """Verified production models as a frame for scoring (with each model's ``tier``), plus
+    the series whose model could not be loaded."""
+    rows, problems = [], []
+    for sid, mv in production_by_series(production, cfg.name).items():
+        tier = mv.tags.get(TAG_TIER) or TIER_CHAMPION  # models promoted before tiers existed were champions
+        try:
+            data = production.read_artifact(mv)
+        except Exception as exc:  # a bad artifact skips that series only
+            problems.append({**{k: mv.tags.get(key_tag(k)) for k in cfg.keys}, "series_id": sid, "model_name": mv.name,
+                             "model_version": mv.version, "tier": tier, "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        keys = {k: mv.tags.get(key_tag(k)) for k in cfg.keys}
+        rows.append({**keys, "series_id": sid, "model_name": mv.name, "model_version": mv.version, "tier": tier,
+                     "model_json": data.decode()})
+    return pd.DataFrame(rows), problems
+
+
 def score_and_write(
-    spark, lake: Lake, cfg: DatasetConfig, run_date: date, production: ModelRegistry, warehouse: Warehouse, run_id: str
+    spark, lake: Lake, cfg: DatasetConfig, run_date: date, production: RegistryReader, warehouse: ReportStore, run_id: str
 ) -> ScoringOutcome:
     """Score every series with its production model and replace the run date's
     ``predictions`` and ``scoring_report`` rows in one transaction.
@@ -78,8 +111,12 @@ def score_and_write(
     models = models[~models["series_id"].isin(stopped)] if stopped and len(models) else models
     problems = [p for p in problems if p.get("series_id") not in stopped]
     models = with_future_regressors(models, lake.read_future(cfg.source.table, run_date) if cfg.columns.regressors else None, cfg)
-    scored = score_series(spark, models, training_set_series(lake, cfg, run_date), cfg)
-    report = scored.report
+    scored = score_series(spark, models, training_set_store(lake, cfg).series(run_date), cfg)
+    # Each prediction and report row says which tier of model made it (one model per series).
+    tiers = dict(zip(models["series_id"], models["tier"], strict=True)) if len(models) else {}
+    tiers |= {p["series_id"]: p["tier"] for p in problems}
+    report = scored.report.assign(tier=scored.report["series_id"].map(tiers).astype(object))
+    report["tier"] = report["tier"].where(report["tier"].notna(), None)
     if problems:
         # Those series have data but no loadable model: failed, not "no production model".
         unloadable = pd.DataFrame(problems).assign(status=SCORING_FAILED, prediction_rows=0)
@@ -95,7 +132,7 @@ def score_and_write(
         report.loc[gone, "status"] = SCORING_SKIPPED
         report.loc[gone, "reason"] = "series missing from the source (ingest.on_missing_series: stop_scoring)"
     report = report.sort_values("series_id").reset_index(drop=True).assign(scoring_run_id=run_id)
-    predictions = scored.predictions.assign(scoring_run_id=run_id)
+    predictions = scored.predictions.assign(scoring_run_id=run_id, tier=scored.predictions["series_id"].map(tiers).astype(object))
     failed = report[report["status"] == SCORING_FAILED]
     attempted = int(report["status"].isin([SCORED, SCORING_FAILED]).sum())
     err = threshold_exceeded(
@@ -106,30 +143,13 @@ def score_and_write(
     if err is not None:
         # Past the threshold the step still fails (the run is flagged, metrics are not refreshed),
         # but good series are refreshed: each forecast depends only on its own verified model.
-        write_keeping(warehouse, run_date, predictions, report, sorted(failed["series_id"]))
+        _write(warehouse, run_date, predictions, report, failed)
         raise err
-    written = write_keeping(warehouse, run_date, predictions, report, sorted(failed["series_id"]))
-    return ScoringOutcome(predictions, report, written)
+    return ScoringOutcome(predictions, report, _write(warehouse, run_date, predictions, report, failed))
 
 
-def write_keeping(
-    warehouse: Warehouse, run_date: date, predictions: pd.DataFrame, report: pd.DataFrame, kept: list[str]
-) -> int:
-    """Like ``replace_runs`` for predictions and scoring_report, in one transaction, except that
-    the run date's predictions of the ``kept`` series (those that failed) are left as they were."""
-    from mm_platform.warehouse import _insert, _stage
-
-    plan = []
-    for name, rows in (("predictions", predictions), ("scoring_report", report)):
-        table = warehouse._table(name, rows)
-        table.metadata.create_all(warehouse.engine, checkfirst=True)
-        plan.append((name, table, warehouse._records(table, run_date, rows)))
-    with warehouse.engine.begin() as conn:
-        for name, table, records in plan:
-            staged = _stage(conn, table, records)
-            delete = warehouse.delete_run_statement(table, run_date)
-            if name == "predictions" and kept:
-                delete = delete.where(table.c.series_id.not_in(kept))
-            conn.execute(delete)
-            _insert(conn, table, records, staged)
-    return len(plan[0][2])
+def _write(warehouse: ReportStore, run_date: date, predictions: pd.DataFrame, report: pd.DataFrame, failed: pd.DataFrame) -> int:
+    """Predictions and report in one transaction; failed series keep the run date's previous predictions."""
+    written = warehouse.replace_runs(run_date, {"predictions": predictions, "scoring_report": report},
+                                     keep={"predictions": sorted(failed["series_id"])})
+    return written["predictions"]

@@ -22,7 +22,7 @@ from datetime import date
 from pathlib import Path
 
 from mm_platform.config import ConfigError, DatasetConfig, load_config, mm_home
-from mm_platform.errors import UserError, one_line
+from mm_platform.core.errors import UserError, one_line
 
 
 class RunInProgressError(UserError):
@@ -136,7 +136,7 @@ def doctor(cfg: DatasetConfig, repair: bool = False) -> int:
     """Check a home; print one line per check; 0 if healthy, 2 otherwise. ``repair`` fixes what
     can be fixed without losing anything (interrupted or outdated SQLite registries, leftover
     temporary files, the note a killed run leaves in its lock file)."""
-    from mm_platform import registry
+    from mm_platform.stores import registry
 
     out = _Report()
     home = home_dir(cfg)
@@ -153,7 +153,7 @@ def doctor(cfg: DatasetConfig, repair: bool = False) -> int:
 
 
 def _check_source(cfg: DatasetConfig, out: _Report) -> None:
-    from mm_platform.sql import check_source
+    from mm_platform.stores.sql import check_source
 
     c = cfg.columns
     try:
@@ -166,7 +166,7 @@ def _check_source(cfg: DatasetConfig, out: _Report) -> None:
 
 
 def _check_lake(cfg: DatasetConfig, out: _Report, repair: bool) -> None:
-    from mm_platform.lake import Lake
+    from mm_platform.stores.lake import Lake
 
     table = cfg.source.table
     try:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import tempfile
 from datetime import date, timedelta
 
 import numpy as np
@@ -44,10 +45,10 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from mm_platform.config import DatasetConfig
-from mm_platform.errors import SourceError
-from mm_platform.lake import Lake
-from mm_platform.registry import series_id
-from mm_platform.sql import source_engine
+from mm_platform.core.errors import SourceError
+from mm_platform.core.vocabulary import series_id
+from mm_platform.stores.lake import Lake
+from mm_platform.stores.sql import source_engine
 
 KEY_TYPES = ("int64", "string")
 _INT64_MAX = 2**63 - 1
@@ -128,15 +129,67 @@ def _select(cfg: DatasetConfig, engine: sa.Engine, declared: dict, lo: date | No
     return q.where((cond & _iso_text(engine, d)) | d.is_(None) | sa.not_(_iso_text(engine, d)))
 
 
-def _read_source(cfg: DatasetConfig, source_url: str, lo: date | None, hi: date) -> tuple[pd.DataFrame, dict]:
+# Rows fetched from the source per chunk: the driver holds one chunk, one month of the
+# window and the quarantined and future rows, never the whole window (issue #18).
+SOURCE_CHUNK_ROWS = 50_000
+_NO_DATE = "none"  # the spill group of rows whose date does not parse (all quarantined)
+
+
+def _read_source_chunks(cfg: DatasetConfig, source_url: str, lo: date | None, hi: date, declared_out: dict):
+    """The source rows of the window in chunks of ``SOURCE_CHUNK_ROWS``, streamed with a
+    server-side cursor (``stream_results``) where the driver has one (PostgreSQL, MySQL);
+    ``declared_out`` receives the source's declared column types."""
     engine = source_engine(source_url)
     try:
-        declared = _source_columns(cfg, engine)
-        with engine.connect() as conn:
-            frame = pd.read_sql(_select(cfg, engine, declared, lo, hi), conn)
+        declared_out.update(_source_columns(cfg, engine))
+        with engine.connect().execution_options(stream_results=True, max_row_buffer=SOURCE_CHUNK_ROWS) as conn:
+            yield from pd.read_sql(_select(cfg, engine, declared_out, lo, hi), conn, chunksize=SOURCE_CHUNK_ROWS)
     finally:
         engine.dispose()
-    return frame, declared
+
+
+class _Spill:
+    """The window's rows, spilled to local disk by month (of the parsed date) as they stream
+    in; every rule of the contract that looks at several rows (duplicates on keys and date)
+    looks within one date, so one month at a time is enough."""
+
+    def __init__(self, folder: str, cfg: DatasetConfig, lo: date | None, end: date):
+        self.folder, self.cfg, self.lo, self.end = folder, cfg, lo, end
+        self.rows_read = self.outside = 0
+        self.newest_actual = None
+        self.value_types: dict[str, set[str]] = {k: set() for k in cfg.keys}
+        self.parts: dict[str, int] = {}
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        cols, lo = self.cfg.columns, self.lo
+        self.rows_read += len(chunk)
+        dates = parse_dates(chunk[cols.date])
+        in_window = dates.isna() | ((dates > pd.Timestamp(lo)) if lo else True) & (dates <= pd.Timestamp(self.end))
+        self.outside += int((~in_window).sum())  # parseable text dates read only because they are not ISO
+        chunk, dates = chunk[in_window], dates[in_window]
+        actual = dates[pd.to_numeric(chunk[cols.target], errors="coerce").notna()].dropna()
+        if len(actual) and (self.newest_actual is None or actual.max() > self.newest_actual):
+            self.newest_actual = actual.max()
+        for k in self.cfg.keys:
+            if chunk[k].notna().any():  # an all-NULL chunk says nothing of the key's type
+                self.value_types[k].add(_type_from_values(chunk[k]))
+        month = (dates.dt.year * 100 + dates.dt.month).map(lambda v: _NO_DATE if pd.isna(v) else f"{int(v):06d}")
+        for m, idx in chunk.groupby(month.to_numpy()).groups.items():
+            n = self.parts.get(m, 0)
+            self.parts[m] = n + 1
+            chunk.loc[idx].assign(__date=dates[idx]).to_pickle(f"{self.folder}/{m}-{n:06d}.pkl")
+
+    def key_types(self) -> dict[str, str]:
+        """What ``_type_from_values`` gives for the whole window's key columns."""
+        return {k: "int64" if v == {"int64"} else "string" for k, v in self.value_types.items()}
+
+    def months(self):
+        """(rows, parsed dates) of each month of the window (and of the rows without a date)."""
+        for m in sorted(self.parts):
+            frame = pd.concat([pd.read_pickle(f"{self.folder}/{m}-{n:06d}.pkl") for n in range(self.parts[m])],
+                              ignore_index=True)
+            dates = frame.pop("__date")
+            yield frame, dates
 
 
 def parse_dates(values: pd.Series) -> pd.Series:
@@ -228,8 +281,11 @@ def _type_from_values(values: pd.Series) -> str:
     return "string"
 
 
-def resolve_contract(cfg: DatasetConfig, lake: Lake, manifest: dict, declared: dict, frame: pd.DataFrame) -> dict:
-    """The table's contract: the manifest's if written, else fixed now (see the module doc)."""
+def resolve_contract(cfg: DatasetConfig, lake: Lake, manifest: dict, declared: dict, frame: pd.DataFrame | None,
+                     value_types: dict[str, str] | None = None) -> dict:
+    """The table's contract: the manifest's if written, else fixed now (see the module doc).
+    ``value_types``: each key's type from its values, when the rows were streamed (``frame``
+    None)."""
     cols = cfg.columns
     stored = manifest.get("contract")
     wanted = dict(cfg.ingest.key_types)
@@ -253,7 +309,7 @@ def resolve_contract(cfg: DatasetConfig, lake: Lake, manifest: dict, declared: d
         elif schema is not None and k in schema.names and _type_from_arrow(schema.field(k).type):
             keys[k] = _type_from_arrow(schema.field(k).type)
         else:
-            keys[k] = _type_from_sql(declared[k]) or _type_from_values(frame[k])
+            keys[k] = _type_from_sql(declared[k]) or (value_types[k] if frame is None else _type_from_values(frame[k]))
     return {
         "keys": keys,
         "date": "timestamp",
@@ -437,47 +493,54 @@ def ingest(cfg: DatasetConfig, lake: Lake, source_url: str, run_date: date) -> d
     watermark = date.fromisoformat(manifest["watermark"]) if manifest.get("watermark") else None
     lo = watermark - timedelta(days=cfg.ingest_lookback_days) if watermark else None
     end = max(future_end(cfg, run_date), run_date)
-    frame, declared = _read_source(cfg, source_url, lo, end)  # history and future in one read
-    contract = resolve_contract(cfg, lake, manifest, declared, frame)
-    schema = contract_schema(cfg, contract)
-    if legacy:
-        lake.conform_raw(table, schema)  # a pre-contract lake: its files take the contract's types
-
-    dates = parse_dates(frame[cols.date])
-    in_window = dates.isna() | ((dates > pd.Timestamp(lo)) if lo else True) & (dates <= pd.Timestamp(end))
-    outside = int((~in_window).sum())  # parseable text dates read only because they are not ISO
-    frame, dates = frame[in_window], dates[in_window]
-    # The newest actual: the newest date with a target, in this batch or already in the lake.
-    actual_dates = dates[pd.to_numeric(frame[cols.target], errors="coerce").notna()].dropna()
-    candidates = [*([actual_dates.max()] if len(actual_dates) else []), *([pd.Timestamp(watermark)] if watermark else [])]
-    newest = max(candidates, default=None)
-    after_run = dates > pd.Timestamp(run_date)
-    planned = ~after_run & frame[cols.target].isna() & dates.notna() & ((dates > newest) if newest is not None else True)
-    history = frame[~after_run & ~planned]
-    future = frame[after_run | planned]
-
-    good, bad = split_valid(history, cfg, contract, dates[history.index])
-    stats = {
-        "rows_read": len(frame) + outside,
-        "rows_outside_window": outside,
-        "rows_planned": int(planned.sum()),
-        "window_start": str(lo) if lo else None,
-        "contract": contract,
-    }
-    reasons = bad["reason"].value_counts().to_dict()
-    quarantined = len(bad)
-    new_watermark = manifest.get("watermark")
-    has_target = good[cols.target].notna()
-    if has_target.any():
-        newest_good = str(good.loc[has_target, cols.date].max().date())
-        new_watermark = max(filter(None, [new_watermark, newest_good]))
-    if len(good):
-        stats |= lake.upsert_raw(table, good, list(cfg.keys), cols.date, watermark=new_watermark, schema=schema,
-                                 extra={"contract": contract})
-    else:
-        stats |= {"inserted": 0, "updated": 0, "files_written": 0}
+    with tempfile.TemporaryDirectory(prefix="mm-ingest-") as spill_dir:
+        spill, declared = _Spill(spill_dir, cfg, lo, end), {}
+        for chunk in _read_source_chunks(cfg, source_url, lo, end, declared):  # history and future in one read
+            spill.add(chunk)
+        contract = resolve_contract(cfg, lake, manifest, declared, None, value_types=spill.key_types())
+        schema = contract_schema(cfg, contract)
+        if legacy:
+            lake.conform_raw(table, schema)  # a pre-contract lake: its files take the contract's types
+        # The newest actual: the newest date with a target, in this batch or already in the lake.
+        candidates = [*([spill.newest_actual] if spill.newest_actual is not None else []),
+                      *([pd.Timestamp(watermark)] if watermark else [])]
+        newest = max(candidates, default=None)
+        stats = {
+            "rows_read": spill.rows_read,
+            "rows_outside_window": spill.outside,
+            "rows_planned": 0,
+            "window_start": str(lo) if lo else None,
+            "contract": contract,
+        }
+        bads, futures, goods = [], [], []
+        new_watermark = manifest.get("watermark")
+        for frame, dates in spill.months():
+            after_run = dates > pd.Timestamp(run_date)
+            planned = ~after_run & frame[cols.target].isna() & dates.notna() & ((dates > newest) if newest is not None else True)
+            stats["rows_planned"] += int(planned.sum())
+            history = frame[~after_run & ~planned]
+            futures.append((frame[after_run | planned], dates[after_run | planned]))
+            good, bad = split_valid(history, cfg, contract, dates[history.index])
+            bads.append(bad)
+            has_target = good[cols.target].notna()
+            if has_target.any():
+                newest_good = str(good.loc[has_target, cols.date].max().date())
+                new_watermark = max(filter(None, [new_watermark, newest_good]))
+            if len(good):  # spilled again: the lake's upsert then reads one month at a time
+                goods.append(f"{spill_dir}/good-{len(goods):06d}.pkl")
+                good.to_pickle(goods[-1])
+        bad = pd.concat(bads, ignore_index=True) if bads else pd.DataFrame()
+        reasons = bad["reason"].value_counts().to_dict() if len(bad) else {}
+        quarantined = len(bad)
+        if goods:
+            stats |= lake.upsert_raw(table, (pd.read_pickle(f) for f in goods), list(cfg.keys), cols.date,
+                                     watermark=new_watermark, schema=schema, extra={"contract": contract})
+        else:
+            stats |= {"inserted": 0, "updated": 0, "files_written": 0}
     if cfg.columns.regressors:
-        fgood, fbad = split_valid(future.assign(**{cols.target: np.nan}), cfg, contract, dates[future.index])
+        future = pd.concat([f for f, _ in futures], ignore_index=True) if futures else pd.DataFrame(columns=frame_columns(cfg))
+        future_dates = pd.concat([d for _, d in futures], ignore_index=True) if futures else pd.Series([], dtype="datetime64[ns]")
+        fgood, fbad = split_valid(future.assign(**{cols.target: np.nan}), cfg, contract, future_dates)
         fbad = fbad.assign(reason="future row: " + fbad["reason"])
         fbad[cols.target] = future.loc[fbad.index, cols.target].astype(str)
         bad = pd.concat([bad, fbad])
@@ -497,6 +560,12 @@ def ingest(cfg: DatasetConfig, lake: Lake, source_url: str, run_date: date) -> d
     stats["missing_series_detail"] = gone
     stats["watermark"] = lake.read_manifest(table).get("watermark")
     return stats
+
+
+def frame_columns(cfg: DatasetConfig) -> list[str]:
+    """The columns ingestion selects from the source, in order."""
+    cols = cfg.columns
+    return [cols.date, cols.target, *cols.keys, *cols.regressors]
 
 
 def future_end(cfg: DatasetConfig, run_date: date) -> date:
