@@ -39,3 +39,16 @@ def test_no_defs_module_declares_its_own_definitions_list():
             continue  # resources are not module-level definitions: Dagster's idiom is one @definitions there
         source = importlib.import_module(info.name).__file__
         assert "@dg.definitions" not in open(source).read(), info.name
+
+
+def test_the_warehouse_resource_shares_one_engine_per_step_and_disposes_it(tmp_path, monkeypatch):
+    from mm_platform.defs.resources import WarehouseResource
+    from mm_platform.stores.warehouse import Warehouse
+
+    disposed = []
+    monkeypatch.setattr(Warehouse, "dispose", lambda self: disposed.append(self))
+    resource = WarehouseResource(url=f"sqlite:///{tmp_path}/w.db", dataset="d", partition_keys=["k"])
+    with dg.build_resources({"warehouse": resource}) as built:
+        first = built.warehouse.warehouse()
+        assert built.warehouse.warehouse() is first
+    assert disposed == [first]

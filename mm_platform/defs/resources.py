@@ -9,6 +9,7 @@ from functools import cached_property
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
+from pydantic import PrivateAttr
 
 from mm_platform.config import DatasetConfig, load_config
 from mm_platform.spark.session import spark_conf
@@ -53,12 +54,22 @@ class RegistryResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
+    """One warehouse (one connection pool) per step execution, disposed when the step ends."""
+
     url: str
     dataset: str
     partition_keys: list[str]
+    _warehouse: Warehouse | None = PrivateAttr(default=None)
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.url, self.dataset, self.partition_keys)
+        if self._warehouse is None:
+            self._warehouse = Warehouse(self.url, self.dataset, self.partition_keys)
+        return self._warehouse
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._warehouse is not None:
+            self._warehouse.dispose()
+            self._warehouse = None
 
 
 def build_resources(cfg: DatasetConfig, config_path: str = "") -> dict:
