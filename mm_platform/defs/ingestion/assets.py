@@ -39,13 +39,10 @@ def raw_sales(
     run_date = date.fromisoformat(context.partition_key)
     stats = ingest(cfg, lake.lake(), source_db.url, run_date)
     missing = stats["missing_series"]
-    wh = warehouse.warehouse()
-    try:
-        wh.replace_missing_series(
-            run_date, stats["missing_series_detail"], cfg.ingest.on_missing_series, stats["contract"]["keys"]
-        )
-    finally:
-        wh.dispose()
+    wh = warehouse.warehouse()  # (the resource disposes it when the step ends)
+    wh.replace_missing_series(
+        run_date, stats["missing_series_detail"], cfg.ingest.on_missing_series, stats["contract"]["keys"]
+    )
     context.log.info(f"ingested {({k: v for k, v in stats.items() if k != 'missing_series_detail'})}")
     if stats["rows_quarantined"]:
         context.log.warning(f"{stats['rows_quarantined']} source rows quarantined: {stats['quarantine_reasons']}")

@@ -27,11 +27,8 @@ def promoted_series_have_production_models(
 ) -> dg.AssetCheckResult:
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
-    wh = warehouse.warehouse()
-    try:
-        promoted = set(wh.series_with_action([PROMOTED, FALLBACK_PROMOTED], until=run_date))
-    finally:
-        wh.dispose()
+    wh = warehouse.warehouse()  # (the resource disposes it when the step ends)
+    promoted = set(wh.series_with_action([PROMOTED, FALLBACK_PROMOTED], until=run_date))
     in_production = set(production_by_series(production_registry.registry(), cfg.name))
     orphaned = sorted(promoted - in_production)
     return dg.AssetCheckResult(

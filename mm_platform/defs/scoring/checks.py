@@ -12,11 +12,8 @@ VALUES = ("yhat", "yhat_lower", "yhat_upper")
 
 
 def _stats(warehouse: WarehouseResource, run_date: date) -> dict:
-    wh = warehouse.warehouse()
-    try:
-        return wh.prediction_stats(run_date)
-    finally:
-        wh.dispose()
+    wh = warehouse.warehouse()  # (the resource disposes it when the step ends)
+    return wh.prediction_stats(run_date)
 
 
 @dg.asset_check(

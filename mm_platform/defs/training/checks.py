@@ -24,11 +24,8 @@ def every_series_reported(
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     expected = set(training_set_store(lake.lake(), cfg).series(run_date)["series_id"])
-    wh = warehouse.warehouse()
-    try:
-        reported = set(wh.series_of_run("training_report", run_date))
-    finally:
-        wh.dispose()
+    wh = warehouse.warehouse()  # (the resource disposes it when the step ends)
+    reported = set(wh.series_of_run("training_report", run_date))
     missing = sorted(expected - reported)
     return dg.AssetCheckResult(
         passed=not missing,
@@ -54,11 +51,8 @@ def share_beating_seasonal_naive(
 ) -> dg.AssetCheckResult:
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
-    wh = warehouse.warehouse()
-    try:
-        total, beating = wh.naive_comparison(run_date)
-    finally:
-        wh.dispose()
+    wh = warehouse.warehouse()  # (the resource disposes it when the step ends)
+    total, beating = wh.naive_comparison(run_date)
     share = beating / total if total else None
     minimum = cfg.checks.min_share_beating_naive
     # No comparable series (nothing trained, e.g. all unchanged and skipped) is nothing to judge.
