@@ -335,6 +335,12 @@ def run_wrk(url: str, token: str, bodies: list[str], order: np.ndarray, concurre
     }
 
 
+# wrk is a Debian/Ubuntu package; `make bench-tools` installs it (as root) or prints this.
+WRK_INSTALL = "make bench-tools, or: sudo apt-get install -y wrk"
+NO_WRK = (f"wrk is not on PATH ({WRK_INSTALL}): the warm phase falls back to the Python load generator, "
+          "which is itself the bottleneck; requests_per_s and the warm latencies understate the service")
+
+
 def run_bench(args) -> dict:
     from mm_platform.config import mm_home
 
@@ -342,12 +348,11 @@ def run_bench(args) -> dict:
     loadgen = args.loadgen
     if loadgen == "auto":
         loadgen = "wrk" if shutil.which("wrk") else "httpx"
-        if loadgen == "httpx":
+        if loadgen == "httpx" and not cycle:
             # The Python client saturates a core well below the service's rate: its numbers are a floor.
-            print("WARNING: wrk is not on PATH (apt-get install -y wrk): the warm phase uses the Python load "
-                  "generator, which is itself the bottleneck; requests_per_s understates the service", file=sys.stderr)
+            print(f"WARNING: {NO_WRK}", file=sys.stderr)
     elif loadgen == "wrk" and not shutil.which("wrk"):
-        raise SystemExit("benchmarks serve: --loadgen wrk needs wrk on PATH (apt-get install -y wrk)")
+        raise SystemExit(f"benchmarks serve: --loadgen wrk needs wrk on PATH ({WRK_INSTALL})")
     models = args.models or (10000 if cycle else 1000)
     cache_models = args.cache_models or (1000 if cycle else 2000)
     cache_mb = args.cache_mb or (8.0 if cycle else 256.0)
@@ -421,6 +426,8 @@ def run_bench(args) -> dict:
         "cpus": cpus,
         "warm_loadgen": None if cycle else loadgen,
     }
+    if not cycle and loadgen == "httpx" and args.loadgen == "auto":
+        result["warning"] = NO_WRK
     if cycle:
         ph = gen["cycle"]
         rss_mb = [(t, round(r / 2**20, 1)) for t, r in sampler.timeline]
@@ -485,6 +492,8 @@ def cmd_bench_serve(args) -> int:
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
+    if "warning" in result:  # again after the numbers, where it is read
+        print(f"WARNING: {result['warning']}", file=sys.stderr)
     return 0 if result.get("ok", True) else 1
 
 

@@ -14,7 +14,7 @@ import traceback
 import warnings
 from datetime import date
 
-from mm_platform.config import ConfigError, load_config
+from mm_platform.config import ConfigError, config_path, find_dataset, load_config
 from mm_platform.core.errors import USER_ERROR_METADATA_KEY, USER_ERROR_TRACEBACK_KEY, UserError, one_line
 
 
@@ -46,8 +46,9 @@ def cmd_generate(args) -> int:
 
     from mm_platform.datagen import DEFAULT_END_DATE, KIND_CONFIGS, write_sales
 
-    # Without --config, the weekly kinds go where their packaged configs read them from.
-    cfg = load_config(args.config or KIND_CONFIGS[args.kind]) if args.config or args.kind != "retail_daily" else None
+    # Without --config/--dataset, the weekly kinds go where their packaged configs read them from.
+    chosen = args.config or getattr(args, "dataset", None)
+    cfg = load_config(dataset_path(args) if chosen else KIND_CONFIGS[args.kind]) if chosen or args.kind != "retail_daily" else None
     url = args.source_url or (cfg.source.url if cfg else load_config().source.url)
     table = args.table or (cfg.source.table if cfg else "sales")
     if args.future_days < 0:
@@ -71,21 +72,46 @@ def latest_source_date(cfg) -> date:
     return value
 
 
+def dataset_path(args):
+    """The dataset config a command means: ``--dataset NAME`` (from the datasets folder,
+    ``$MM_DATASETS``), ``--config PATH``, else ``$MM_CONFIG`` or the packaged retail example."""
+    if getattr(args, "dataset", None):
+        return find_dataset(args.dataset)[1]
+    return config_path(getattr(args, "config", None))
+
+
+def load_dataset_config(args):
+    return load_config(dataset_path(args))
+
+
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    """``--config PATH`` or ``--dataset NAME``, not both."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
+    g.add_argument("--dataset", metavar="NAME", help="a dataset of the datasets folder ($MM_DATASETS, default the "
+                   "packaged examples) by its name or file name, e.g. retail, weekly_revenue")
+
+
+def dataset_of(args):
+    """The Dagster side of the dataset a command means (mm_platform.defs.dataset.Dataset)."""
+    from mm_platform.defs.dataset import Dataset
+
+    return Dataset.from_file(dataset_path(args))
+
+
 def cmd_run(args) -> int:
     import dagster as dg
 
-    from mm_platform.definitions import defs
-    from mm_platform.defs.resources import build_resources
+    from mm_platform.defs.dataset import PIPELINE_JOB
     from mm_platform.stores.warehouse import Warehouse
 
-    cfg = load_config(args.config)
-    if args.config:
-        os.environ["MM_CONFIG"] = os.path.abspath(args.config)
+    ds = dataset_of(args)
+    cfg = ds.cfg
     # Checked before anything (home, lock, Dagster run) is created: a bad source or run date
     # is one line and leaves no trace.
     check_source_exists(cfg)
     run_date = args.run_date or latest_source_date(cfg)
-    check_run_date(cfg, run_date)
+    check_run_date(cfg, run_date, ds.partitions)
     from mm_platform.stores.home import hold_run_lock
 
     # One run per home and dataset; held until this function returns (or the process dies).
@@ -95,18 +121,16 @@ def cmd_run(args) -> int:
     # logger would print it with its stack. --debug shows Dagster's full logs.
     log_level = args.log_level or ("DEBUG" if debug else "CRITICAL")
     started = time.time()
-    graph = defs()
-    # The assets and their checks: the checks' results go to the instance and the summary.
-    assets = [*graph.assets, *(graph.asset_checks or [])]
+    # The dataset's pipeline job: its assets and their checks, a run under the job's name (the
+    # checks' results go to the instance and the summary).
+    job = ds.definitions().resolve_job_def(ds.prefixed(PIPELINE_JOB))
     with dagster_instance(args.ephemeral) as instance, _jvm_output_hidden(not debug and not args.log_level):
-        result = dg.materialize(
-            assets,
+        result = job.execute_in_process(
             partition_key=str(run_date),
-            resources=build_resources(cfg, os.path.abspath(args.config) if args.config else ""),
             instance=instance,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            tags={LAUNCHED_BY_TAG: "mm-platform run"},
+            tags={LAUNCHED_BY_TAG: "mm-platform run", **code_location_tags()},
         )
     evaluations = result.get_asset_check_evaluations()
     blocked = [e for e in evaluations if not e.passed and e.blocking and e.severity == dg.AssetCheckSeverity.ERROR]
@@ -118,13 +142,16 @@ def cmd_run(args) -> int:
     if not result.success:
         return report_step_failures(result, debug)
 
+    latest = {e.asset_key: e.materialization for e in result.get_asset_materialization_events()}
+
     def meta(asset: str, key: str):
-        mats = result.asset_materializations_for_node(asset)
-        return mats[-1].metadata[key].value if mats and key in mats[-1].metadata else None
+        mat = latest.get(ds.key(asset))
+        return mat.metadata[key].value if mat is not None and key in mat.metadata else None
 
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     summary = {
         "run_date": str(run_date),
+        "dataset": cfg.name,
         "series": meta("model_set", "series"),
         "models_registered": meta("model_set", "models_registered"),
         "models_unchanged": meta("model_set", "models_unchanged"),
@@ -139,6 +166,7 @@ def cmd_run(args) -> int:
         "checks": {e.check_name: "passed" if e.passed else "failed" for e in evaluations},
         "check_warnings": [f"{e.check_name}: {e.description}" for e in evaluations if not e.passed],
         "dagster_run_id": None if args.ephemeral else result.run_id,
+        "dagster_job": job.name,
         "seconds": round(time.time() - started, 2),
     }
     wh.dispose()
@@ -147,6 +175,17 @@ def cmd_run(args) -> int:
 
 
 LAUNCHED_BY_TAG = "mm_platform/launched_by"
+CODE_LOCATION = "mm_platform"  # location_name in workspace.yaml and docker/workspace.yaml
+
+
+def code_location_tags() -> dict[str, str]:
+    """The tag Dagster puts on the runs it launches from a code location (repository@location):
+    the UI lists a job's runs by it, so with it the CLI's in-process runs appear on their job's
+    page (and partition status) in `make dev` too, not only in the run list."""
+    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    return {REPOSITORY_LABEL_TAG: f"{SINGLETON_REPOSITORY_NAME}@{CODE_LOCATION}"}
 
 # The instance `mm-platform` writes to when $DAGSTER_HOME is unset: the same settings as the
 # repo's dagster.yaml (which the Makefile copies to $MM_HOME/dagster for `make dev`).
@@ -183,20 +222,16 @@ def dagster_instance(ephemeral: bool = False):
     return dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.from_config(dagster_home())
 
 
-def launch_job(name: str, run_config: dict, args, operation: str):
-    """Run job ``name`` of the code location in-process, recorded in the instance. The op's
-    output on success, else None after printing the failure (``args.exit_code`` is set)."""
-    from mm_platform.definitions import defs
-
-    if args.config:  # the code location's resources read the dataset config from $MM_CONFIG
-        os.environ["MM_CONFIG"] = os.path.abspath(args.config)
-    job = defs().resolve_job_def(name)
+def launch_job(ds, name: str, run_config: dict, args, operation: str):
+    """Run dataset ``ds``'s job ``<dataset>_<name>`` in-process, recorded in the instance. The
+    op's output on success, else None after printing the failure (``args.exit_code`` is set)."""
+    job = ds.definitions().resolve_job_def(ds.prefixed(name))
     debug = getattr(args, "debug", False)
     log_level = "DEBUG" if debug else "CRITICAL"  # quiet: a failure is printed as one line below
     with dagster_instance(getattr(args, "ephemeral", False)) as instance, _jvm_output_hidden(not debug):
         result = job.execute_in_process(
             run_config={**run_config, "loggers": {"console": {"config": {"log_level": log_level}}}},
-            instance=instance, raise_on_error=False, tags={LAUNCHED_BY_TAG: operation},
+            instance=instance, raise_on_error=False, tags={LAUNCHED_BY_TAG: operation, **code_location_tags()},
         )
     if not result.success:
         args.exit_code = report_step_failures(result, debug)
@@ -208,11 +243,12 @@ def launch_job(name: str, run_config: dict, args, operation: str):
 def cmd_retrain(args) -> int:
     from mm_platform.defs.operations.jobs import RETRAIN_JOB
 
-    cfg = load_config(args.config)
+    ds = dataset_of(args)
     # Checked before the instance is opened: a missing home stays missing.
-    _require_store(cfg.storage.warehouse_url, "warehouse", "there is no training run to repair")
+    _require_store(ds.cfg.storage.warehouse_url, "warehouse", "there is no training run to repair")
     config = {"run_date": str(args.run_date) if args.run_date else None}
-    out = launch_job(RETRAIN_JOB, {"ops": {"retrain_failed_series": {"config": config}}}, args, "mm-platform retrain --failed")
+    out = launch_job(ds, RETRAIN_JOB, {"ops": {"retrain_failed_series": {"config": config}}}, args,
+                     "mm-platform retrain --failed")
     if out is None:
         return args.exit_code
     if not out["retried"]:
@@ -225,10 +261,10 @@ def cmd_retrain(args) -> int:
 def cmd_rollback(args) -> int:
     from mm_platform.defs.operations.jobs import ROLLBACK_JOB
 
-    cfg = load_config(args.config)
-    _require_store(cfg.storage.production_registry_uri, "production registry", "there is nothing to roll back")
+    ds = dataset_of(args)
+    _require_store(ds.cfg.storage.production_registry_uri, "production registry", "there is nothing to roll back")
     config = {"series": list(args.series), "to_version": args.to_version}
-    rows = launch_job(ROLLBACK_JOB, {"ops": {"rollback_series": {"config": config}}}, args, "mm-platform rollback")
+    rows = launch_job(ds, ROLLBACK_JOB, {"ops": {"rollback_series": {"config": config}}}, args, "mm-platform rollback")
     if rows is None:
         return args.exit_code
     for row in rows:
@@ -284,16 +320,20 @@ def first_source_date(cfg) -> date | None:
         return None
 
 
-def check_run_date(cfg, run_date: date) -> None:
-    """A run date must be a partition and not before the source's first data (else the run
-    would fail deep inside a step with a message about the lake)."""
-    from mm_platform.defs.partitions import run_dates
-
-    first, last = run_dates.get_first_partition_key(), run_dates.get_last_partition_key()
+def check_run_date(cfg, run_date: date, partitions) -> None:
+    """A run date must be one of the dataset's partitions and not before the source's first data
+    (else the run would fail deep inside a step with a message about the lake)."""
+    first, last = partitions.get_first_partition_key(), partitions.get_last_partition_key()
     if first is None or last is None or not (first <= str(run_date) <= last):
+        newest = "yesterday" if cfg.frequency == "daily" else "the last whole week"
         raise UserError(
             f"run date {run_date} is outside the run-date partitions: {first} (the config's start_date) "
-            f"to {last} (yesterday)"
+            f"to {last} ({newest})"
+        )
+    if not partitions.has_partition_key(str(run_date)):
+        raise UserError(
+            f"run date {run_date} is a {run_date:%A}: the run dates of weekly dataset {cfg.name} are "
+            f"{date.fromisoformat(first):%A}s, the weekday of its start_date {cfg.start_date} (e.g. {last})"
         )
     oldest = first_source_date(cfg)
     if oldest is not None and run_date < oldest:
@@ -364,15 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--end-date", type=_date, help="last date of the data (default 2025-12-31)")
     g.add_argument("--future-days", type=int, default=0,
                    help="also write this many days after the end with planned price/promo/holiday and no units")
-    g.add_argument("--config", help="dataset config YAML")
+    add_dataset_options(g)
     g.add_argument("--kind", choices=["retail_daily", "price_weekly", "weekly_multikey"], default="retail_daily",
                    help="retail_daily (default: store x item daily units); price_weekly (region x product weekly revenue "
                    "driven by planned prices; --stores/--items/--days are regions/products/weeks); weekly_multikey "
                    "(region x 2 warehouses x SKU weekly revenue; regions/SKUs/weeks)")
     g.set_defaults(func=cmd_generate)
 
-    r = sub.add_parser("run", help="materialize the whole asset graph in-process and print a JSON summary")
-    r.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
+    r = sub.add_parser("run", help="run a dataset's pipeline job (its whole asset graph) in-process and print a JSON summary")
+    add_dataset_options(r)
     r.add_argument("--run-date", type=_date, help="run date / partition (default: the newest date in the source)")
     r.add_argument("--log-level", help="Dagster console log level (default CRITICAL, i.e. quiet: a failed step is printed "
                    "as one line by the CLI; DEBUG with --debug)")
@@ -382,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("retrain", help="retrain only the series that failed in the last training run")
     t.add_argument("--failed", action="store_true", required=True, help="retrain the failed series (required)")
-    t.add_argument("--config")
+    add_dataset_options(t)
     t.add_argument("--run-date", type=_date, help="the training run to repair (default: the newest)")
     t.set_defaults(func=cmd_retrain)
 
@@ -393,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="point series back at an earlier production model version")
     rb.add_argument("--series", nargs="+", required=True, metavar="SERIES_ID", help="series ids such as store=3,item=17")
     rb.add_argument("--to-version", type=_positive, help="production version to restore (default: the previous one)")
-    rb.add_argument("--config")
+    add_dataset_options(rb)
     rb.set_defaults(func=cmd_rollback)
 
     # Other concerns add their subcommands here: each module has add_commands(subparsers).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mm_platform.core.errors import UserError
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "retail_daily.yaml"
+PACKAGED_DATASETS = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = PACKAGED_DATASETS / "retail_daily.yaml"
+DATASETS_ENV = "MM_DATASETS"  # the folder whose dataset YAMLs the Dagster code location serves
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -116,6 +119,10 @@ class AutoConfig(_Strict):
         "ensemble", description="the default family: kept on near-ties, and used when a series is too short to backtest"
     )
     ensemble: list[str] = Field(default_factory=lambda: ["prophet", "regression"], min_length=1)
+    pooled_sample: int = Field(
+        200, ge=0, description="series (those with the smallest sha256 of their id) whose backtests make the "
+        "dataset-level choice every series trains with (docs/forecast-quality.md); 0: each series chooses alone",
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -160,6 +167,15 @@ class RegressionOptions(_Strict):
         return self
 
 
+class GlobalLGBMOptions(_Strict):
+    """Options of the global family ``global_lgbm``: one LightGBM model shared by the series
+    (mm_platform/forecasting/global_lgbm.py), trained in one Spark task per group."""
+
+    group_by: str | None = Field(
+        None, description="key column: one shared model per value (default: one model for all series of the dataset)"
+    )
+
+
 class AlgorithmConfig(_Strict):
     # "prophet" fits Prophet's own MAP objective in-process (fast); "prophet_library" calls
     # prophet/cmdstan per series (the reference approach); "seasonal_naive" is the baseline;
@@ -174,6 +190,7 @@ class AlgorithmConfig(_Strict):
     calibration_folds: int = Field(0, ge=0, le=20, description="single-family runs: extra backtest folds for calibration")
     auto: AutoConfig = Field(default_factory=AutoConfig)
     regression: RegressionOptions = Field(default_factory=RegressionOptions)
+    global_lgbm: GlobalLGBMOptions = Field(default_factory=GlobalLGBMOptions)
 
     @field_validator("name")
     @classmethod
@@ -334,6 +351,12 @@ class StorageConfig(_Strict):
     training_artifact_root: str = "${MM_HOME}/mlflow/training-artifacts"
     production_registry_uri: str = "sqlite:///${MM_HOME}/mlflow/production.db"
     production_artifact_root: str = "${MM_HOME}/mlflow/production-artifacts"
+    # Who reads and writes training-set data in the Spark tasks (docs/deploying.md): fsspec
+    # opened in each executor, or Spark's own Parquet I/O (hadoop-azure on Databricks/Synapse).
+    lake_io: Literal["fsspec", "spark"] = Field(
+        "fsspec", description="fsspec: executors open the lake URL with its fsspec package; spark: "
+        "spark.read/write.parquet on the lake URL (the cluster's own connector, e.g. abfss:// with hadoop-azure)"
+    )
 
     @classmethod
     def embedded(cls, home) -> dict[str, str]:
@@ -367,7 +390,10 @@ class DatasetConfig(_Strict):
     horizon: int = Field(28, ge=1, le=3660)
     holdout: int = Field(28, ge=1)
     min_history: int = Field(56, ge=2, description="series with fewer observations are skipped")
-    start_date: str = Field("2015-01-01", description="first run date offered as a Dagster partition")
+    start_date: str = Field(
+        "2015-01-01", description="first run date offered as a Dagster partition; a weekly dataset's run dates "
+        "fall on its weekday (default 2015-01-05, a Monday, where weekly data starts its weeks)"
+    )
     ingest_lookback_days: int = Field(
         7, ge=0, description="source rows this many days before the lake watermark are re-read (late corrections)"
     )
@@ -381,10 +407,26 @@ class DatasetConfig(_Strict):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _weekly_start(cls, data):
+        # Weekly run dates are the partitions' weekday; by default the Monday weeks start on.
+        if isinstance(data, dict) and data.get("frequency") == "weekly" and "start_date" not in data:
+            data = {**data, "start_date": "2015-01-05"}
+        return data
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _identifier(v, "name")
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _start_date(cls, v) -> str:  # (YAML reads an unquoted date as a date)
+        try:
+            return date.fromisoformat(str(v)).isoformat()
+        except ValueError:
+            raise ValueError(f"start_date {v!r} is not a date as YYYY-MM-DD") from None
 
     @model_validator(mode="after")
     def _lengths(self) -> DatasetConfig:
@@ -401,6 +443,9 @@ class DatasetConfig(_Strict):
             )
         if reg.pool_by and reg.pool_by not in self.columns.keys:
             raise ValueError(f"algorithm.regression.pool_by {reg.pool_by!r} is not in columns.keys {self.columns.keys}")
+        gb = self.algorithm.global_lgbm.group_by
+        if gb and gb not in self.columns.keys:
+            raise ValueError(f"algorithm.global_lgbm.group_by {gb!r} is not in columns.keys {self.columns.keys}")
         return self
 
     @model_validator(mode="after")
@@ -462,9 +507,14 @@ def parse_config(data: dict, origin: str = "<dict>") -> DatasetConfig:
         raise ConfigError(_format_validation_error(err, origin)) from None
 
 
+def config_path(path: str | os.PathLike | None = None) -> Path:
+    """The config file meant: ``path``, ``$MM_CONFIG`` or the packaged retail example (absolute)."""
+    return Path(path or os.environ.get("MM_CONFIG") or DEFAULT_CONFIG).expanduser().resolve()
+
+
 def load_config(path: str | os.PathLike | None = None) -> DatasetConfig:
     """Load the dataset config from ``path``, ``$MM_CONFIG`` or the packaged retail example."""
-    path = Path(path or os.environ.get("MM_CONFIG") or DEFAULT_CONFIG)
+    path = config_path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -472,3 +522,38 @@ def load_config(path: str | os.PathLike | None = None) -> DatasetConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     return parse_config(data, origin=str(path))
+
+
+def datasets_folder(folder: str | os.PathLike | None = None) -> Path:
+    """The folder of dataset YAMLs one deployment serves: ``folder``, ``$MM_DATASETS``, else the
+    packaged examples (mm_platform/configs)."""
+    path = Path(folder or os.environ.get(DATASETS_ENV) or PACKAGED_DATASETS).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"datasets folder {path} is not a folder (set {DATASETS_ENV} to a folder of dataset YAML files)")
+    return path
+
+
+def load_datasets(folder: str | os.PathLike | None = None) -> dict[str, tuple[DatasetConfig, Path]]:
+    """Every dataset YAML (``*.yaml``, ``*.yml``) in the datasets folder, by dataset name, in file
+    name order; two files naming the same dataset are an error (their assets would collide)."""
+    root = datasets_folder(folder)
+    found: dict[str, tuple[DatasetConfig, Path]] = {}
+    for path in sorted([*root.glob("*.yaml"), *root.glob("*.yml")]):
+        cfg = load_config(path)
+        if cfg.name in found:
+            raise ConfigError(f"datasets folder {root}: {found[cfg.name][1].name} and {path.name} both name dataset {cfg.name!r}")
+        found[cfg.name] = (cfg, path)
+    return found
+
+
+def find_dataset(name: str, folder: str | os.PathLike | None = None) -> tuple[DatasetConfig, Path]:
+    """The dataset called ``name`` in the datasets folder; its file name without .yaml also works
+    (``weekly_multikey`` for the dataset ``weekly_revenue`` it describes)."""
+    datasets = load_datasets(folder)
+    if name in datasets:
+        return datasets[name]
+    by_file = [entry for entry in datasets.values() if entry[1].stem == name]
+    if by_file:
+        return by_file[0]
+    known = ", ".join(f"{n} ({p.name})" for n, (_, p) in datasets.items()) or "none"
+    raise ConfigError(f"no dataset {name!r} in the datasets folder {datasets_folder(folder)}; datasets there: {known}")

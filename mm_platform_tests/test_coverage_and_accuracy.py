@@ -120,15 +120,14 @@ def test_every_series_with_enough_history_is_forecast_after_the_first_run(tmp_pa
     import dagster as dg
 
     from mm_platform.datagen import write_sales
-    from mm_platform.definitions import defs
-    from mm_platform.defs.resources import build_resources
+    from mm_platform.defs.dataset import Dataset
 
     path = write_config(tmp_path, algorithm={"name": "regression"}, horizon=7, min_history=90,
                         promotion={"max_wape": 0.5, "beats_seasonal_naive": True})
     cfg = load_config(path)
     write_sales(cfg.source.url, cfg.source.table, stores=2, items=5, days=240, seed=7)
-    result = dg.materialize(list(defs().assets), partition_key=str(RUN), resources=build_resources(cfg, str(path)),
-                            raise_on_error=True)
+    graph = Dataset.from_file(path).definitions()
+    result = dg.materialize(list(graph.assets), partition_key=str(RUN), resources=graph.resources, raise_on_error=True)
     assert result.success
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     report = wh.read("SELECT series_id, n_obs, status FROM training_report WHERE run_date = :r", r=RUN)
@@ -145,7 +144,7 @@ def test_every_series_with_enough_history_is_forecast_after_the_first_run(tmp_pa
     metrics = wh.read("SELECT * FROM v_run_summary").iloc[-1]
     assert metrics["forecast_champion"] + metrics["forecast_fallback"] == len(enough)
     assert metrics["forecast_fallback"] == len(rejected) and metrics["not_forecast"] == len(report) - len(enough)
-    mats = result.asset_materializations_for_node("promoted_models")
+    mats = result.asset_materializations_for_node(dg.AssetKey([cfg.name, "promoted_models"]).to_python_identifier())
     assert mats[-1].metadata["coverage_fallback"].value == len(rejected)
 
 

@@ -1,5 +1,6 @@
-"""Dagster as the operating surface (issue #19): `mm-platform run` records its run, the six
-assets' materializations and the asset checks in the persistent instance of $DAGSTER_HOME; a
+"""Dagster as the operating surface (issue #19): `mm-platform run` records its run (as the
+dataset's pipeline job), the six assets' materializations (keys prefixed with the dataset's
+name) and the asset checks in the persistent instance of $DAGSTER_HOME; a
 failed blocking check stops the run with one line and exit 2; `retrain --failed` and
 `rollback` are Dagster jobs launched through the instance. Real Spark, SQLite, MLflow."""
 
@@ -61,12 +62,15 @@ def test_run_lands_in_the_instance_with_materializations_and_checks(recorded_run
         assert [r.run_id for r in runs] == [summary["dagster_run_id"]]
         run = runs[0]
         assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["mm_platform/launched_by"] == "mm-platform run"
+        assert run.job_name == summary["dagster_job"] == "retail_pipeline_job"  # a named job, not an ephemeral one
+        # Tagged with the code location as Dagster's own launches are: the UI lists it on the job's page.
+        assert run.tags[".dagster/repository"] == "__repository__@mm_platform"
         for asset in ASSETS:
             records = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[RUN_DATE]), limit=1
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(["retail", asset]), asset_partitions=[RUN_DATE]), limit=1
             ).records
             assert records and records[0].run_id == run.run_id, asset
-        mat = instance.fetch_materializations(dg.AssetKey("model_set"), limit=1).records[0]
+        mat = instance.fetch_materializations(dg.AssetKey(["retail", "model_set"]), limit=1).records[0]
         assert mat.asset_materialization.metadata["series"].value == 6  # the metadata reaches the UI too
         evaluations = _evaluations(instance, run.run_id)
         assert set(evaluations) == CHECKS
@@ -100,12 +104,13 @@ def test_retrain_and_rollback_are_jobs_recorded_in_the_default_instance(recorded
 
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = {(r.job_name, r.status) for r in instance.get_runs()}
-        assert runs == {("retrain_failed_job", dg.DagsterRunStatus.SUCCESS), ("rollback_job", dg.DagsterRunStatus.SUCCESS),
-                        ("rollback_job", dg.DagsterRunStatus.FAILURE)}
-        rollback_run = next(r for r in instance.get_runs() if r.status == dg.DagsterRunStatus.SUCCESS and r.job_name == "rollback_job")
+        assert runs == {("retail_retrain_failed_job", dg.DagsterRunStatus.SUCCESS),
+                        ("retail_rollback_job", dg.DagsterRunStatus.SUCCESS), ("retail_rollback_job", dg.DagsterRunStatus.FAILURE)}
+        rollback_run = next(r for r in instance.get_runs()
+                            if r.status == dg.DagsterRunStatus.SUCCESS and r.job_name == "retail_rollback_job")
         assert rollback_run.run_config["ops"]["rollback_series"]["config"]["series"] == [sid]
         observed = instance.all_logs(rollback_run.run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
-        assert [e.dagster_event.asset_key for e in observed] == [dg.AssetKey("promoted_models")]
+        assert [e.dagster_event.asset_key for e in observed] == [dg.AssetKey(["retail", "promoted_models"])]
 
 
 def test_a_failed_blocking_check_stops_the_run_with_one_line(tmp_path):
@@ -122,4 +127,4 @@ def test_a_failed_blocking_check_stops_the_run_with_one_line(tmp_path):
         assert run.status == dg.DagsterRunStatus.FAILURE
         assert not _evaluations(instance, run.run_id)["raw_sales_fresh"].passed
         # Blocking: nothing downstream of raw_sales ran.
-        assert not instance.fetch_materializations(dg.AssetKey("model_set"), limit=1).records
+        assert not instance.fetch_materializations(dg.AssetKey(["retail", "model_set"]), limit=1).records

@@ -12,8 +12,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from mm_platform.definitions import defs
-from mm_platform.defs.resources import build_resources
+from mm_platform.defs.dataset import Dataset
 from mm_platform.steps.rules import evaluate
 from mm_platform.stores.registry import production_by_series, production_registry, training_registry
 from mm_platform.stores.warehouse import Warehouse
@@ -23,10 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def materialize_all(cfg, path, spark):
-    graph = defs()
-    return dg.materialize(
-        list(graph.assets), partition_key=str(RUN_DATE), resources=build_resources(cfg, str(path)), raise_on_error=True
-    )
+    graph = Dataset.from_file(path).definitions()  # the dataset's assets, keys prefixed with its name
+    return dg.materialize(list(graph.assets), partition_key=str(RUN_DATE), resources=graph.resources, raise_on_error=True)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +110,7 @@ def test_second_run_for_the_same_date_duplicates_nothing(first_run, spark):
     assert after == before
     assert len(training_registry(cfg).search(cfg.name)) == versions_before
     assert len(production_registry(cfg).search(cfg.name)) == prod_before
-    mats = result.asset_materializations_for_node("model_set")
+    mats = result.asset_materializations_for_node(dg.AssetKey([cfg.name, "model_set"]).to_python_identifier())
     assert mats[-1].metadata["models_registered"].value == 0
 
 

@@ -232,8 +232,7 @@ def test_conflicting_duplicates_and_absurd_targets_are_quarantined(tmp_path):
 def test_a_deleted_series_is_reported_in_metadata_and_the_warehouse(tmp_path):
     import dagster as dg
 
-    from mm_platform.defs.ingestion.assets import raw_sales
-    from mm_platform.defs.resources import build_resources
+    from mm_platform.defs.dataset import Dataset
     from mm_platform.stores.warehouse import Warehouse
 
     path = write_config(tmp_path)
@@ -241,9 +240,13 @@ def test_a_deleted_series_is_reported_in_metadata_and_the_warehouse(tmp_path):
     write_sales(cfg.source.url, cfg.source.table, stores=2, items=3, days=60, seed=3)
     assert cfg.ingest.on_missing_series == "keep_scoring"
 
+    ds = Dataset.from_file(path)
+    graph = ds.definitions()
+
     def materialize():
-        result = dg.materialize([raw_sales], partition_key=str(END), resources=build_resources(cfg, str(path)))
-        return result.asset_materializations_for_node("raw_sales")[0].metadata
+        result = dg.materialize(list(graph.assets), selection=[ds.key("raw_sales")], partition_key=str(END),
+                                resources=graph.resources)
+        return result.asset_materializations_for_node(ds.key("raw_sales").to_python_identifier())[0].metadata
 
     materialize()
     _exec(cfg, "DELETE FROM sales WHERE store = 2 AND item = 3", "UPDATE sales SET units = -1 WHERE date = '2025-12-31' AND item = 1")

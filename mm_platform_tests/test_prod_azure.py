@@ -18,8 +18,7 @@ import yaml
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
-from mm_platform.definitions import defs
-from mm_platform.defs.resources import build_resources
+from mm_platform.defs.dataset import Dataset
 from mm_platform.steps.ingest import ingest
 from mm_platform.steps.train import build_training_sets
 from mm_platform.stores.lake import Lake, LakeCredentialsError, storage_options
@@ -170,7 +169,8 @@ def test_whole_pipeline_with_the_lake_on_azurite(tmp_path, azure_env, spark):
     path = write_config(tmp_path, storage={"lake_url": f"abfs://{container}/retail"}, horizon=7)
     cfg = load_config(path)
     write_sales(cfg.source.url, cfg.source.table, stores=2, items=4, days=400, seed=3)
-    result = dg.materialize(list(defs().assets), partition_key=str(RUN_DATE), resources=build_resources(cfg, str(path)))
+    graph = Dataset.from_file(path).definitions()
+    result = dg.materialize(list(graph.assets), partition_key=str(RUN_DATE), resources=graph.resources)
     assert result.success
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
     try:

@@ -1,7 +1,7 @@
 """Dagster in production mode: ``deploy/dagster.yaml`` (PostgreSQL run/event/schedule storage
 from ``DAGSTER_PG_*`` env vars) in a fresh database, ``dagster-daemon run`` on the repo's
-``workspace.yaml``; materializing ``model_set`` makes the daemon's sensor launch
-``promotion_job`` by itself."""
+``workspace.yaml`` serving a datasets folder ($MM_DATASETS) of one dataset; materializing its
+``retail/model_set`` makes the daemon's sensor launch ``retail_promotion_job`` by itself."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from mm_platform_tests.test_prod_support import (
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 PARTITION = "2025-12-31"
-SENSOR = "promote_on_new_model_set"
+SENSOR = "retail_promote_on_new_model_set"
+PROMOTION_JOB = "retail_promotion_job"
 LAUNCH_TIMEOUT = 600  # seconds for the sensor tick + queued run + promotion on a busy machine
 
 
@@ -68,34 +69,37 @@ def test_sensor_launches_promotion_through_the_daemon(tmp_path, pg_instance):
     config_path = write_config(mm_home, horizon=7)
     cfg = load_config(config_path)
     write_sales(cfg.source.url, cfg.source.table, stores=2, items=4, days=400, seed=3)
-    env = subprocess_env(**dagster_env, MM_CONFIG=str(config_path), MM_HOME=str(mm_home), SPARK_LOCAL_IP="127.0.0.1")
+    datasets = tmp_path / "datasets"  # the code location serves the datasets of this folder
+    datasets.mkdir()
+    shutil.copy(config_path, datasets / "retail.yaml")
+    env = subprocess_env(**dagster_env, MM_DATASETS=str(datasets), MM_HOME=str(mm_home), SPARK_LOCAL_IP="127.0.0.1")
 
     log = tmp_path / "daemon.log"
     with server([str(VENV_BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], log, env=env, cwd=ROOT):
         run_cli([VENV_BIN / "dagster", "sensor", "start", SENSOR, "-w", "workspace.yaml"], env, 300)
         run_cli(
             [VENV_BIN / "dagster", "asset", "materialize", "-m", "mm_platform.definitions", "-a", "defs",
-             "--select", "raw_sales,training_sets,model_set", "--partition", PARTITION],
+             "--select", "retail/raw_sales,retail/training_sets,retail/model_set", "--partition", PARTITION],
             env, 900,
         )
-        materialized = instance.get_latest_materialization_event(dg.AssetKey("model_set"))
+        materialized = instance.get_latest_materialization_event(dg.AssetKey(["retail", "model_set"]))
         assert materialized is not None and materialized.dagster_event.partition == PARTITION
 
         deadline = time.time() + LAUNCH_TIMEOUT
         run = None
         while time.time() < deadline:
-            runs = instance.get_runs(RunsFilter(job_name="promotion_job"))
+            runs = instance.get_runs(RunsFilter(job_name=PROMOTION_JOB))
             if runs and runs[0].status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
                 run = runs[0]
                 break
             time.sleep(5)
-        assert run is not None, f"the sensor launched no finished promotion_job in {LAUNCH_TIMEOUT}s:\n{tail(log)}"
+        assert run is not None, f"the sensor launched no finished {PROMOTION_JOB} in {LAUNCH_TIMEOUT}s:\n{tail(log)}"
         assert run.status == DagsterRunStatus.SUCCESS, tail(log)
-        # Every promotion run came from the sensor (nothing else starts promotion_job here).
-        assert {r.tags.get("dagster/sensor_name") for r in instance.get_runs(RunsFilter(job_name="promotion_job"))} == {SENSOR}
+        # Every promotion run came from the sensor (nothing else starts the promotion job here).
+        assert {r.tags.get("dagster/sensor_name") for r in instance.get_runs(RunsFilter(job_name=PROMOTION_JOB))} == {SENSOR}
         assert run.tags.get("dagster/sensor_name") == SENSOR
         assert run.tags.get("dagster/partition") == PARTITION
         assert run.tags.get("dagster/run_key", "").startswith(materialized.run_id)
     # The sensor-launched run really promoted into the production registry.
     assert production_by_series(production_registry(cfg), cfg.name)
-    assert instance.get_latest_materialization_event(dg.AssetKey("promoted_models")).run_id == run.run_id
+    assert instance.get_latest_materialization_event(dg.AssetKey(["retail", "promoted_models"])).run_id == run.run_id

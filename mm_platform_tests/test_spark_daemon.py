@@ -139,6 +139,7 @@ def test_a_failed_recording_leaves_no_archive(tmp_path, monkeypatch):
     fake.mkdir(parents=True)
     (fake / "java").write_text("#!/bin/sh\nexit 1\n")
     (fake / "java").chmod(0o755)
+    (tmp_path / "jdk" / "release").write_text('JAVA_VERSION="21.0.1"\n')  # so the Java lookup takes it
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
     monkeypatch.setenv("MM_JVM_ARCHIVE_DIR", str(tmp_path / "cache"))
     path = jvm_archive.archive_path()

@@ -109,8 +109,7 @@ def test_user_error_in_a_step_becomes_a_non_retried_failure_with_one_line(tmp_pa
 
     from mm_platform.cli import report_step_failures
     from mm_platform.core.errors import USER_ERROR_METADATA_KEY
-    from mm_platform.defs.ingestion.assets import raw_sales
-    from mm_platform.defs.resources import build_resources
+    from mm_platform.defs.dataset import Dataset
 
     cfg_path = write_config(tmp_path)
     cfg = load_config(cfg_path)
@@ -119,8 +118,11 @@ def test_user_error_in_a_step_becomes_a_non_retried_failure_with_one_line(tmp_pa
     con.execute("ALTER TABLE sales DROP COLUMN holiday")
     con.commit()
     con.close()
+    ds = Dataset.from_file(cfg_path)
+    graph = ds.definitions()
     result = dg.materialize(
-        [raw_sales], partition_key="2025-12-31", resources=build_resources(cfg, str(cfg_path)), raise_on_error=False,
+        list(graph.assets), selection=[ds.key("raw_sales")], partition_key="2025-12-31", resources=graph.resources,
+        raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
     assert not result.success

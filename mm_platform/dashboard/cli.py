@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import os
 
+from mm_platform.cli import add_dataset_options, load_dataset_config
 from mm_platform.core.errors import UserError
 
 
@@ -22,7 +23,6 @@ def is_loopback(host: str) -> bool:
 def cmd_dashboard(args) -> int:
     import uvicorn
 
-    from mm_platform.config import load_config
     from mm_platform.dashboard.app import TOKEN_ENV, create_app
 
     token = os.environ.get(TOKEN_ENV) or None
@@ -30,7 +30,7 @@ def cmd_dashboard(args) -> int:
         # Bound beyond loopback, the dashboard shows every series' forecasts to the network.
         raise UserError(f"--host {args.host} is not a loopback address: set {TOKEN_ENV} to the token browsers and "
                         "clients must give, or use --host 127.0.0.1")
-    cfg = load_config(args.config)
+    cfg = load_dataset_config(args)
     app = create_app(cfg, token=token)
     print(f"mm_platform dashboard for dataset {cfg.name} on http://{args.host}:{args.port}/"
           f"{' (token required: sign in at /login)' if token else ''}", flush=True)
@@ -50,7 +50,7 @@ def _port(v: str) -> int:
 
 def add_commands(subparsers) -> None:
     d = subparsers.add_parser("dashboard", help="serve the web dashboard (overview, series explorer, promotion log)")
-    d.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
+    add_dataset_options(d)
     d.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1); beyond loopback "
                    "$MM_API_TOKEN must be set (the scoring service's bearer token option)")
     d.add_argument("--port", type=_port, default=8050, help="port (default 8050)")

@@ -1,4 +1,5 @@
-"""Typed resources, built from the dataset config (``$MM_CONFIG`` or the packaged example).
+"""Typed resources, built from one dataset's config (see ``dataset.py`` for how each dataset's
+are bound under keys of their own).
 
 Every URL can point at a real service; the defaults are files under ``$MM_HOME``.
 """
@@ -73,6 +74,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 def build_resources(cfg: DatasetConfig, config_path: str = "") -> dict:
+    """The resources of dataset ``cfg`` (read from ``config_path``) under their plain keys."""
     s = cfg.storage
     return {
         "dataset": DatasetResource(config_path=config_path),
@@ -90,8 +92,3 @@ def build_resources(cfg: DatasetConfig, config_path: str = "") -> dict:
         ),
         "warehouse": WarehouseResource(url=s.warehouse_url, dataset=cfg.name, partition_keys=cfg.keys),
     }
-
-
-@dg.definitions
-def resources() -> dg.Definitions:
-    return dg.Definitions(resources=build_resources(load_config()))

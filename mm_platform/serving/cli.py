@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from mm_platform.cli import _positive
+from mm_platform.cli import _positive, add_dataset_options, load_dataset_config
 
 
 def _positive_float(v: str) -> float:
@@ -53,11 +53,10 @@ def settings_from_args(args):
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from mm_platform.config import load_config
     from mm_platform.serving.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config)
+    cfg = load_dataset_config(args)
     try:
         app = create_app(cfg, settings_from_args(args))
     except ValueError as exc:
@@ -70,7 +69,7 @@ def cmd_serve(args) -> int:
 
 def add_commands(sub) -> None:
     s = sub.add_parser("serve", help="serve real-time forecasts from the production registry (FastAPI + uvicorn)")
-    s.add_argument("--config", help="dataset config YAML (default: $MM_CONFIG or the packaged retail example)")
+    add_dataset_options(s)
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=_positive, default=8000)
     add_cache_options(s)

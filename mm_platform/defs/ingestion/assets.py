@@ -3,7 +3,7 @@ from datetime import date
 import dagster as dg
 
 from mm_platform.core.errors import user_errors_as_failures
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import (
     DatasetResource,
     LakeResource,
@@ -16,17 +16,6 @@ from mm_platform.stores.sql import redact
 MISSING_SERIES_SHOWN = 20  # series ids listed in the metadata; the warehouse view has them all
 
 
-@dg.asset(
-    partitions_def=run_dates,
-    group_name="ingestion",
-    kinds={"sql", "parquet"},
-    description="Copies the source sales table into the lake up to the run date under the ingestion contract "
-    "(docs/ingestion.md): incremental on the watermark (the newest date with a target, with a look-back for "
-    "late corrections), an upsert on (keys, date) with column types fixed at the first write, bad rows "
-    "quarantined with the reason (never dropped). Planned rows and rows within the forecast horizon after the "
-    "run date give the regressors' known future values, kept as the run date's snapshot for batch scoring. "
-    "Series no longer in the source are listed in the warehouse view v_missing_series.",
-)
 @user_errors_as_failures
 def raw_sales(
     context: dg.AssetExecutionContext,
@@ -35,6 +24,12 @@ def raw_sales(
     source_db: SourceDatabaseResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    """Copies the source sales table into the lake up to the run date under the ingestion contract
+    (docs/ingestion.md): incremental on the watermark (the newest date with a target, with a look-back for
+    late corrections), an upsert on (keys, date) with column types fixed at the first write, bad rows
+    quarantined with the reason (never dropped). Planned rows and rows within the forecast horizon after the
+    run date give the regressors' known future values, kept as the run date's snapshot for batch scoring.
+    Series no longer in the source are listed in the warehouse view v_missing_series."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     stats = ingest(cfg, lake.lake(), source_db.url, run_date)
@@ -72,3 +67,7 @@ def raw_sales(
             "lake_path": dg.MetadataValue.path(lake.lake().uri("raw", cfg.source.table)),
         }
     )
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    return dg.Definitions(assets=[ds.asset(raw_sales, kinds={"sql", "parquet"})])

@@ -4,20 +4,15 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import DatasetResource, LakeResource
 
 
-@dg.asset_check(
-    asset="raw_sales",
-    partitions_def=run_dates,
-    blocking=True,
-    description="The lake's newest actual (a row with a target) is at most checks.max_staleness_periods periods "
-    "before the run date: training on stale data would promote and score yesterday's models as today's.",
-)
 def raw_sales_fresh(
     context: dg.AssetCheckExecutionContext, dataset: DatasetResource, lake: LakeResource
 ) -> dg.AssetCheckResult:
+    """The lake's newest actual (a row with a target) is at most checks.max_staleness_periods periods
+    before the run date: training on stale data would promote and score yesterday's models as today's."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     newest = lake.lake().newest_date_with_value(cfg.source.table, cfg.columns.date, cfg.columns.target)
@@ -35,3 +30,7 @@ def raw_sales_fresh(
         ),
         metadata={"newest_actual": str(newest_day), "run_date": str(run_date), "max_staleness_periods": allowed},
     )
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    return dg.Definitions(asset_checks=[ds.asset_check(raw_sales_fresh, asset="raw_sales", blocking=True)])

@@ -1,7 +1,14 @@
 """Manual interventions as Dagster jobs with typed run config: retrain the series that failed
 in a training run, and roll series back to an earlier production model. Launchable from the
 Launchpad; ``mm-platform retrain --failed`` and ``mm-platform rollback`` launch the same jobs
-through the instance, so each intervention leaves a run, its event log and an asset event."""
+through the instance, so each intervention leaves a run, its event log and an asset event.
+
+One job per dataset (``<dataset>_retrain_failed_job``, ``<dataset>_rollback_job``), each bound to
+that dataset's resources, rather than one job taking the dataset in its run config: an op reaches
+resources only through its job, so a shared job would have to initialize every dataset's
+resources (or bypass Dagster's); per dataset, the Launchpad shows each dataset's operations with
+their typed config and the run's lineage points at that dataset's assets. The ops themselves are
+shared (Dagster requires op names to be unique in a code location)."""
 
 import getpass
 from datetime import date
@@ -9,11 +16,12 @@ from datetime import date
 import dagster as dg
 
 from mm_platform.core.errors import UserError, user_errors_as_failures
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
 from mm_platform.steps.operations import failed_series, rollback
 from mm_platform.steps.train import train_and_register
 
-RETRAIN_JOB = "retrain_failed_job"
+RETRAIN_JOB = "retrain_failed_job"  # prefixed with the dataset's name
 ROLLBACK_JOB = "rollback_job"
 
 
@@ -60,7 +68,7 @@ def retrain_failed_series(
                "still_failed": outcome.failed, "skipped": outcome.skipped}
     # model_set's run-date partition changed: record it there, with the lineage of this run.
     context.log_event(dg.AssetMaterialization(
-        asset_key="model_set", partition=str(run_date),
+        asset_key=[cfg.name, "model_set"], partition=str(run_date),
         description=f"retrain of {len(series)} failed series", metadata={**summary, "series": dg.MetadataValue.json(series)},
     ))
     return summary
@@ -83,18 +91,23 @@ def rollback_series(
              "production_version": int(r["production_version"]), "reasons": str(r["reasons"])}
             for r in log.to_dict("records")]
     # Not a run-date partition's output: an observation of promoted_models, visible on its page.
-    context.log_event(dg.AssetObservation(asset_key="promoted_models", description="rollback",
+    context.log_event(dg.AssetObservation(asset_key=[dataset.config.name, "promoted_models"], description="rollback",
                                           metadata={"rolled_back": dg.MetadataValue.json(rows)}))
     return rows
 
 
-@dg.job(name=RETRAIN_JOB, description="Retrain the series that failed in a training run (default: the newest).",
-        tags={"mm_platform/operation": "retrain-failed"})
-def retrain_failed_job():
-    retrain_failed_series()
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    resources = {k: ds.resources[k] for k in ("dataset", "lake", "training_registry", "production_registry", "warehouse")}
+    tags = {"mm_platform/dataset": ds.name}
 
+    @dg.job(name=ds.prefixed(RETRAIN_JOB), resource_defs=resources, tags={**tags, "mm_platform/operation": "retrain-failed"},
+            description=f"Dataset {ds.name}: retrain the series that failed in a training run (default: the newest).")
+    def retrain_failed_job():
+        retrain_failed_series()
 
-@dg.job(name=ROLLBACK_JOB, description="Roll series back to an earlier production model version.",
-        tags={"mm_platform/operation": "rollback"})
-def rollback_job():
-    rollback_series()
+    @dg.job(name=ds.prefixed(ROLLBACK_JOB), resource_defs=resources, tags={**tags, "mm_platform/operation": "rollback"},
+            description=f"Dataset {ds.name}: roll series back to an earlier production model version.")
+    def rollback_job():
+        rollback_series()
+
+    return dg.Definitions(jobs=[retrain_failed_job, rollback_job])

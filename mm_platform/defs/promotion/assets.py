@@ -4,22 +4,12 @@ import dagster as dg
 
 from mm_platform.core.errors import user_errors_as_failures
 from mm_platform.core.vocabulary import NOT_FORECAST, TIER_CHAMPION, TIER_FALLBACK
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
 from mm_platform.steps.promote import promote
 from mm_platform.stores.training_sets import training_set_store
 
 
-@dg.asset(
-    deps=["model_set", "training_sets"],
-    partitions_def=run_dates,
-    group_name="promotion",
-    kinds={"mlflow"},
-    description="Applies the promotion rules to each series' newest trained model and copies those that "
-    "qualify into the separate production registry (tier champion); a series left without a production model "
-    "gets the first applicable model of promotion.fallback.chain (tier fallback). Every decision is logged "
-    "with its rule values (promotion_log), the run's coverage in promotion_coverage.",
-)
 @user_errors_as_failures
 def promoted_models(
     context: dg.AssetExecutionContext,
@@ -29,6 +19,10 @@ def promoted_models(
     production_registry: RegistryResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    """Applies the promotion rules to each series' newest trained model and copies those that qualify into
+    the separate production registry (tier champion); a series left without a production model gets the
+    first applicable model of promotion.fallback.chain (tier fallback). Every decision is logged with its
+    rule values (promotion_log), the run's coverage in promotion_coverage."""
     cfg = dataset.config
     outcome = promote(
         cfg,
@@ -61,3 +55,7 @@ def promoted_models(
             "production_registry": production_registry.tracking_uri,
         }
     )
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    return dg.Definitions(assets=[ds.asset(promoted_models, deps=("model_set", "training_sets"), kinds={"mlflow"})])

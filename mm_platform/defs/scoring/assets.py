@@ -5,24 +5,13 @@ from dagster_pyspark import PySparkResource
 
 from mm_platform.core.errors import user_errors_as_failures
 from mm_platform.core.vocabulary import SCORED, SCORING_FAILED
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.plots import png_markdown, sample_forecasts_png
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
 from mm_platform.steps.score import score_and_write
 from mm_platform.stores.training_sets import training_set_store
 
 
-@dg.asset(
-    deps=["promoted_models", "training_sets"],
-    partitions_def=run_dates,
-    group_name="scoring",
-    kinds={"spark", "sql"},
-    automation_condition=dg.AutomationCondition.eager(),
-    description="Scores every series with its production model (found by tags in the production registry) "
-    "for the configured horizon; the run date's rows in the warehouse `predictions` and `scoring_report` "
-    "tables are replaced in one transaction. A series whose model fails is reported, not fatal, up to "
-    "the `scoring` error threshold.",
-)
 @user_errors_as_failures
 def batch_predictions(
     context: dg.AssetExecutionContext,
@@ -32,6 +21,10 @@ def batch_predictions(
     production_registry: RegistryResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    """Scores every series with its production model (found by tags in the production registry) for the
+    configured horizon; the run date's rows in the warehouse `predictions` and `scoring_report` tables are
+    replaced in one transaction. A series whose model fails is reported, not fatal, up to the `scoring`
+    error threshold."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     spark = pyspark.spark_session
@@ -66,16 +59,21 @@ def batch_predictions(
     )
 
 
-@dg.asset(
-    deps=["batch_predictions"],
-    partitions_def=run_dates,
-    group_name="scoring",
-    kinds={"sql"},
-    automation_condition=dg.AutomationCondition.eager(),
-    description="Aggregated accuracy, run and coverage metrics (`forecast_metrics`) and the BI views "
-    "(v_latest_predictions, v_series_accuracy, v_scoring_report, v_run_summary, v_promotion_log, v_coverage).",
-)
 @user_errors_as_failures
 def forecast_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Aggregated accuracy, run and coverage metrics (`forecast_metrics`) and the BI views
+    (v_latest_predictions, v_series_accuracy, v_scoring_report, v_run_summary, v_promotion_log,
+    v_coverage)."""
     row = warehouse.warehouse().refresh_metrics(date.fromisoformat(context.partition_key))
     return dg.MaterializeResult(metadata={k: v for k, v in row.items() if k not in ("dataset", "run_date") and v is not None})
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    eager = dg.AutomationCondition.eager()  # follow each promotion (the scoring sensor evaluates it)
+    return dg.Definitions(
+        assets=[
+            ds.asset(batch_predictions, deps=("promoted_models", "training_sets"), kinds={"spark", "sql"},
+                     automation_condition=eager),
+            ds.asset(forecast_metrics, deps=("batch_predictions",), kinds={"sql"}, automation_condition=eager),
+        ],
+    )

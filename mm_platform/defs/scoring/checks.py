@@ -5,7 +5,7 @@ from datetime import date
 
 import dagster as dg
 
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import DatasetResource, WarehouseResource
 
 VALUES = ("yhat", "yhat_lower", "yhat_upper")
@@ -16,16 +16,11 @@ def _stats(warehouse: WarehouseResource, run_date: date) -> dict:
     return wh.prediction_stats(run_date)
 
 
-@dg.asset_check(
-    asset="batch_predictions",
-    partitions_def=run_dates,
-    blocking=True,
-    description="The run date's predictions hold exactly horizon rows for every series the scoring report "
-    "marks scored: no series half-written, none duplicated.",
-)
 def prediction_rows_match_horizon(
     context: dg.AssetCheckExecutionContext, dataset: DatasetResource, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
+    """The run date's predictions hold exactly horizon rows for every series the scoring report marks
+    scored: no series half-written, none duplicated."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     s = _stats(warehouse, run_date)
@@ -43,16 +38,12 @@ def prediction_rows_match_horizon(
     )
 
 
-@dg.asset_check(
-    asset="batch_predictions",
-    partitions_def=run_dates,
-    blocking=True,
-    description="Every forecast value (yhat and its interval) is present and finite, |value| is at most "
-    "checks.max_abs_forecast (default ingest.max_abs_target), and yhat is at least checks.min_forecast if set.",
-)
 def forecasts_finite_and_bounded(
     context: dg.AssetCheckExecutionContext, dataset: DatasetResource, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
+    """Every forecast value (yhat and its interval) is present and finite, |value| is at most
+    checks.max_abs_forecast (default ingest.max_abs_target), and yhat is at least checks.min_forecast if
+    set."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     s = _stats(warehouse, run_date)
@@ -81,4 +72,13 @@ def forecasts_finite_and_bounded(
                              else dg.MetadataValue.text(str(s[f"{c}_{k}"])))
                for c in VALUES for k in ("min", "max")},
         },
+    )
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    return dg.Definitions(
+        asset_checks=[
+            ds.asset_check(prediction_rows_match_horizon, asset="batch_predictions", blocking=True),
+            ds.asset_check(forecasts_finite_and_bounded, asset="batch_predictions", blocking=True),
+        ],
     )

@@ -1,8 +1,12 @@
 import dagster as dg
 
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 
-scoring_job = dg.define_asset_job(
-    "scoring_job", selection=["batch_predictions", "forecast_metrics"], partitions_def=run_dates,
-    description="Batch scoring and BI metrics (also triggered declaratively after promotion).",
-)
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    scoring_job = dg.define_asset_job(
+        ds.prefixed("scoring_job"), selection=ds.selection("batch_predictions", "forecast_metrics"),
+        partitions_def=ds.partitions, tags={"mm_platform/dataset": ds.name},
+        description=f"Dataset {ds.name}: batch scoring and BI metrics (also triggered declaratively after promotion).",
+    )
+    return dg.Definitions(jobs=[scoring_job])

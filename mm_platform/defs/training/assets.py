@@ -5,25 +5,20 @@ from dagster_pyspark import PySparkResource
 
 from mm_platform.core.errors import user_errors_as_failures
 from mm_platform.core.vocabulary import TRAINED
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.plots import accuracy_histogram_png, png_markdown
 from mm_platform.defs.resources import DatasetResource, LakeResource, RegistryResource, WarehouseResource
 from mm_platform.steps.train import build_training_sets, train_and_register
 
 
-@dg.asset(
-    deps=["raw_sales"],
-    partitions_def=run_dates,
-    group_name="training",
-    kinds={"spark", "parquet"},
-    description="Groups the lake data by the partition keys into per-series training sets (Parquet, bucketed "
-    "and sorted by series so one series is read without scanning all). On a local or shared-volume lake Spark "
-    "tasks split the raw files by bucket and sort each bucket with pyarrow; the new set replaces the old in a rename.",
-)
 @user_errors_as_failures
 def training_sets(
     context: dg.AssetExecutionContext, dataset: DatasetResource, lake: LakeResource, pyspark: PySparkResource
 ) -> dg.MaterializeResult:
+    """Groups the lake data by the partition keys into per-series training sets (Parquet, bucketed and
+    sorted by series so one series is read without scanning all). On a local or shared-volume lake Spark
+    tasks split the raw files by bucket and sort each bucket with pyarrow; the new set replaces the old in
+    a rename."""
     cfg = dataset.config
     stats = build_training_sets(pyspark.spark_session, lake.lake(), cfg, date.fromisoformat(context.partition_key))
     return dg.MaterializeResult(
@@ -32,16 +27,6 @@ def training_sets(
     )
 
 
-@dg.asset(
-    deps=["training_sets"],
-    partitions_def=run_dates,
-    group_name="training",
-    kinds={"spark", "mlflow", "prophet"},
-    description="Trains one model per series in parallel (Spark tasks over the series buckets on a local lake, "
-    "groupBy(keys).applyInPandas elsewhere) with holdout metrics against a seasonal-naive baseline; series whose "
-    "data is unchanged keep their model, changed ones are warm-started from it. Each new model is registered in "
-    "the training MLflow registry with tags.",
-)
 @user_errors_as_failures
 def model_set(
     context: dg.AssetExecutionContext,
@@ -51,6 +36,10 @@ def model_set(
     training_registry: RegistryResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
+    """Trains one model per series in parallel (Spark tasks over the series buckets on a local lake,
+    groupBy(keys).applyInPandas elsewhere) with holdout metrics against a seasonal-naive baseline; series
+    whose data is unchanged keep their model, changed ones are warm-started from it. Each new model is
+    registered in the training MLflow registry with tags."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     outcome = train_and_register(
@@ -77,4 +66,13 @@ def model_set(
             "not_trained": dg.MetadataValue.md(problems.head(50).to_markdown(index=False) if len(problems) else "none"),
             "training_registry": training_registry.tracking_uri,
         }
+    )
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[
+            ds.asset(training_sets, deps=("raw_sales",), kinds={"spark", "parquet"}),
+            ds.asset(model_set, deps=("training_sets",), kinds={"spark", "mlflow", "prophet"}),
+        ],
     )

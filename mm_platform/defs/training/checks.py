@@ -4,23 +4,18 @@ from datetime import date
 
 import dagster as dg
 
-from mm_platform.defs.partitions import run_dates
+from mm_platform.defs.dataset import Dataset
 from mm_platform.defs.resources import DatasetResource, LakeResource, WarehouseResource
 from mm_platform.stores.training_sets import training_set_store
 
 SHOWN = 20  # series ids listed in the metadata
 
 
-@dg.asset_check(
-    asset="model_set",
-    partitions_def=run_dates,
-    blocking=True,
-    description="Every series of the run date's training set has a row in the warehouse training_report "
-    "(trained, skipped or failed): a series that silently vanished would never be promoted or scored.",
-)
 def every_series_reported(
     context: dg.AssetCheckExecutionContext, dataset: DatasetResource, lake: LakeResource, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
+    """Every series of the run date's training set has a row in the warehouse training_report (trained,
+    skipped or failed): a series that silently vanished would never be promoted or scored."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     expected = set(training_set_store(lake.lake(), cfg).series(run_date)["series_id"])
@@ -39,16 +34,11 @@ def every_series_reported(
     )
 
 
-@dg.asset_check(
-    asset="model_set",
-    partitions_def=run_dates,
-    blocking=True,  # stops promotion only when checks.share_beating_naive_severity is error
-    description="The share of trained series whose holdout WAPE beats the seasonal-naive baseline is at least "
-    "checks.min_share_beating_naive (a warning by default; severity error stops promotion).",
-)
 def share_beating_seasonal_naive(
     context: dg.AssetCheckExecutionContext, dataset: DatasetResource, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
+    """The share of trained series whose holdout WAPE beats the seasonal-naive baseline is at least
+    checks.min_share_beating_naive (a warning by default; severity error stops promotion)."""
     cfg = dataset.config
     run_date = date.fromisoformat(context.partition_key)
     wh = warehouse.warehouse()  # (the resource disposes it when the step ends)
@@ -67,4 +57,14 @@ def share_beating_seasonal_naive(
         ),
         metadata={"series_compared": total, "series_beating_naive": beating,
                   "share_beating_naive": share if share is not None else dg.MetadataValue.null(), "minimum": minimum},
+    )
+
+
+def dataset_defs(ds: Dataset) -> dg.Definitions:
+    return dg.Definitions(
+        asset_checks=[
+            ds.asset_check(every_series_reported, asset="model_set", blocking=True),
+            # blocking, but stops promotion only when checks.share_beating_naive_severity is error
+            ds.asset_check(share_beating_seasonal_naive, asset="model_set", blocking=True),
+        ],
     )
