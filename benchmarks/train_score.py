@@ -47,7 +47,10 @@ PLAIN_SESSION = {"preload_worker_modules": False, "jvm_class_archive": False,
 
 
 def bench_config(home: Path, horizon: int, algorithm: str = "prophet", shuffle_partitions: int = 8,
-                 plain_session: bool = False) -> Path:
+                 plain_session: bool = False, candidates: list[str] | None = None,
+                 pooled_sample: int | None = None) -> Path:
+    auto = {**({"candidates": candidates} if candidates else {}),
+            **({"pooled_sample": pooled_sample} if pooled_sample is not None else {})}
     cfg = {
         "name": "bench",
         "source": {"url": f"sqlite:///{home}/source.db", "table": "sales"},
@@ -56,7 +59,7 @@ def bench_config(home: Path, horizon: int, algorithm: str = "prophet", shuffle_p
         "horizon": horizon,
         "holdout": 28,
         "min_history": 90,
-        "algorithm": {"name": algorithm},
+        "algorithm": {"name": algorithm, **({"auto": auto} if auto else {})},
         # Benchmarks promote everything that trained: scoring measures scoring, not the rules.
         "promotion": {"max_wape": None, "beats_seasonal_naive": False, "not_worse_than_production": False},
         "spark": {"master": "local[*]", "shuffle_partitions": shuffle_partitions, **(PLAIN_SESSION if plain_session else {})},
@@ -182,13 +185,21 @@ class TreeMeter:
         self._stop.set()
 
 
-def run_measured(args: list[str], env: dict) -> dict:
-    """Run a bench worker; measure wall and tree CPU between its start and end markers."""
+def run_measured(args: list[str], env: dict, also: list[int] = ()) -> dict:
+    """Run a bench worker; measure wall and tree CPU between its start and end markers.
+    ``also``: pids of other process trees whose CPU counts too (a standalone cluster's workers
+    on this host, under which the executors run), reported apart as ``also_cpu_s``. The
+    driver's peak RSS (``driver_peak_rss_mb``) is the worker process's own high-water mark
+    over its whole life (``VmHWM``), not the tree's."""
+    from benchmarks.cluster import vm_hwm
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.train_score", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**env, "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))}
     )
     meter = TreeMeter(proc.pid)
+    others = [TreeMeter(pid) for pid in also]
+    driver_hwm = 0
     marks: dict[str, tuple[float, float]] = {}
     stages: dict[str, float] = {}  # core-s between the previous marker and each "stage <name>" marker
     result: dict = {}
@@ -203,6 +214,7 @@ def run_measured(args: list[str], env: dict) -> dict:
 
     threading.Thread(target=drain, daemon=True).start()
     for line in proc.stdout:
+        driver_hwm = max(driver_hwm, vm_hwm(proc.pid))
         if line.startswith(MARK):
             name = line[len(MARK) :].strip()
             if name == "start":
@@ -212,19 +224,25 @@ def run_measured(args: list[str], env: dict) -> dict:
                 kinds = meter.cpu_by_kind()
                 by_kind = {k: round(v - kinds_at_start.get(k, 0.0), 2) for k, v in sorted(kinds.items())}
                 by_kind["worker_processes"] = meter.processes("workers")
-            now = (time.perf_counter(), meter.total_cpu())
+            now = (time.perf_counter(), meter.total_cpu() + sum(o.total_cpu() for o in others),
+                   sum(o.total_cpu() for o in others))
             if name.startswith("stage ") and marks:
                 stages[name.removeprefix("stage ")] = round(now[1] - max(marks.values())[1], 2)
             marks[name] = now
         elif line.startswith("{"):
             result = json.loads(line)
+    driver_hwm = max(driver_hwm, vm_hwm(proc.pid))
     proc.wait()
     meter.stop()
+    for o in others:
+        o.stop()
     if proc.returncode != 0 or "start" not in marks or "end" not in marks:
         raise RuntimeError(f"bench worker {' '.join(args[:3])} failed (exit {proc.returncode}):\n{''.join(stderr_tail)}")
     wall = marks["end"][0] - marks["start"][0]
     cpu = marks["end"][1] - marks["start"][1]
+    also_cpu = {"also_cpu_s": round(marks["end"][2] - marks["start"][2], 2)} if others else {}
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(meter.peak_rss / 2**20, 1),
+            "driver_peak_rss_mb": round(driver_hwm / 2**20, 1), **also_cpu,
             **({"stages_cpu_s": stages} if stages else {}), "cpu_s_by_process": by_kind, **result}
 
 
@@ -450,7 +468,8 @@ def cmd_bench(args) -> int:
     home = Path(args.home or tempfile.mkdtemp(prefix="mm-bench-")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MM_HOME": str(home)}
-    bench_config(home, args.horizon, args.algorithm, plain_session=args.plain_session)
+    bench_config(home, args.horizon, args.algorithm, plain_session=args.plain_session, candidates=_candidates(args),
+                 pooled_sample=args.pooled_sample)
     baseline_n = args.baseline_series or args.series
     steps = ["generate", "ours", "baseline"] + (["daily"] if args.changed_fraction else []) if args.task == "train" else ["generate", "setup", "ours", "baseline-setup", "baseline"]
     bar = tqdm(total=len(steps), disable=args.json or not sys.stderr.isatty(), desc=f"bench {args.task}")
@@ -477,7 +496,9 @@ def cmd_bench(args) -> int:
     create_stores(home)
     if args.warm_session:
         (home / WARM_UP).mkdir(exist_ok=True)
-        bench_config(home / WARM_UP, args.horizon, args.algorithm, plain_session=args.plain_session)
+        bench_config(home / WARM_UP, args.horizon, args.algorithm, plain_session=args.plain_session,
+                     candidates=_candidates(args),
+                 pooled_sample=args.pooled_sample)
         generate_into_lake(home / WARM_UP, args.series, args.days, args.seed + 1)
         create_stores(home / WARM_UP)
         worker_args.append("--warm")
@@ -528,13 +549,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _candidates(args) -> list[str] | None:
+    c = getattr(args, "candidates", None)
+    return [f.strip() for f in c.split(",") if f.strip()] if c else None
+
+
 def add_arguments(b) -> None:
     """The options of ``python -m benchmarks train|score``."""
     b.add_argument("--series", type=int, default=1000)
     b.add_argument("--days", type=int, default=1000)
     b.add_argument("--baseline-series", type=int, default=0, help="run the baseline on this many of the series")
     b.add_argument("--horizon", type=int, default=28)
-    b.add_argument("--algorithm", default="prophet", help="ours: prophet (in-process fit) or prophet_library")
+    b.add_argument("--algorithm", default="prophet",
+                   help="ours: prophet (in-process fit), prophet_library, global_lgbm, auto, or any family")
+    b.add_argument("--candidates", help="with --algorithm auto: comma-separated candidate families "
+                   "(e.g. add global_lgbm to the default ones; default: the config's)")
+    b.add_argument("--pooled-sample", type=int, help="with --algorithm auto: algorithm.auto.pooled_sample "
+                   "(0: each series chooses alone; default: the config's)")
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--changed-fraction", type=float, default=0.0,
                    help="train: also time a daily retrain after this share of series changed (e.g. 0.05)")

@@ -43,21 +43,23 @@ def _no_data_rows_through_the_driver(monkeypatch):
     processes, so the tasks' own reads are not affected. Chosen over comparing the driver's
     RSS across data sizes: it names the stage that broke the rule and does not depend on
     allocator noise."""
-    real_to_pandas = DataFrame.toPandas
+    from pyspark.sql.classic.dataframe import DataFrame as ClassicDataFrame
 
     def create_dataframe(self, *a, **k):
         raise AssertionError("createDataFrame called in the driver during build/train")
 
-    def to_pandas(self):
-        if "y" in self.columns:
-            raise AssertionError(f"data rows collected to the driver: {self.columns}")
-        return real_to_pandas(self)
-
     def read_raw(self, *a, **k):
         raise AssertionError("the raw table was read in the driver")
 
+    # Spark 4's classic DataFrame overrides toPandas: both classes are patched.
+    for cls in (DataFrame, ClassicDataFrame):
+        def to_pandas(self, _real=cls.toPandas):
+            if "y" in self.columns:
+                raise AssertionError(f"data rows collected to the driver: {self.columns}")
+            return _real(self)
+
+        monkeypatch.setattr(cls, "toPandas", to_pandas)
     monkeypatch.setattr(SparkSession, "createDataFrame", create_dataframe)
-    monkeypatch.setattr(DataFrame, "toPandas", to_pandas)
     monkeypatch.setattr(Lake, "read_raw", read_raw)
 
 

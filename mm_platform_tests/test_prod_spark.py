@@ -2,11 +2,20 @@
 two workers on 127.0.0.1, started with pyspark's ``bin/spark-class``) and a Spark Connect
 server (pyspark's ``sbin/start-connect-server.sh``). The whole pipeline runs through
 ``mm-platform run`` (the Dagster assets, PySparkResource) and must give what local mode gives.
+
+Issue #18: the cluster also runs with the lake on Azurite (``abfs://``), and the cluster and
+Connect runs go through ``mm_platform_tests.driver_guard``, which fails the run if any stage
+sends or collects target rows through the driver or reads the raw table's history there.
+Chosen over comparing the driver's RSS between two data sizes in a test: it names the stage
+that broke the rule and does not depend on allocator noise on a shared machine; the RSS
+comparison itself is ``python -m benchmarks driver-rss`` (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -14,9 +23,12 @@ import pytest
 
 from mm_platform.config import load_config
 from mm_platform.datagen import write_sales
+from mm_platform.stores.registry import production_by_series, production_registry
 from mm_platform.stores.warehouse import Warehouse
 from mm_platform_tests.conftest import write_config
+from mm_platform_tests.test_prod_azure import _blobs, azurite  # noqa: F401 - the Azurite fixture
 from mm_platform_tests.test_prod_support import (
+    ROOT,
     VENV_BIN,
     free_port,
     pyspark_home,
@@ -53,10 +65,16 @@ def source(tmp_path_factory) -> str:
     return url
 
 
-def _run(home: Path, source_url: str, spark: dict, env: dict[str, str]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+def _run(home: Path, source_url: str, spark: dict, env: dict[str, str], storage: dict | None = None,
+         guarded: bool = False) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
+    """``mm-platform run`` (under the driver guard when ``guarded``); its summary, training
+    report, predictions and production models (series -> registered name and version)."""
     home.mkdir(parents=True, exist_ok=True)
-    path = write_config(home, source={"url": source_url, "table": "sales"}, spark=spark, horizon=7)
-    out = run_cli([VENV_BIN / "mm-platform", "run", "--config", path, "--run-date", RUN_DATE, "--ephemeral"], env, RUN_TIMEOUT, cwd=home)
+    path = write_config(home, source={"url": source_url, "table": "sales"}, spark=spark, horizon=7, storage=storage or {})
+    cli = [VENV_BIN / "python", "-m", "mm_platform_tests.driver_guard"] if guarded else [VENV_BIN / "mm-platform"]
+    if guarded:
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+    out = run_cli([*cli, "run", "--config", path, "--run-date", RUN_DATE, "--ephemeral"], env, RUN_TIMEOUT, cwd=home)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     cfg = load_config(path)
     wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
@@ -65,12 +83,14 @@ def _run(home: Path, source_url: str, spark: dict, env: dict[str, str]) -> tuple
         preds = wh.read("SELECT * FROM predictions").sort_values(["series_id", "ds"]).reset_index(drop=True)
     finally:
         wh.dispose()
-    return summary, report, preds
+    production = {sid: (m.name, m.version) for sid, m in production_by_series(production_registry(cfg), cfg.name).items()}
+    return summary, report, preds, production
 
 
 def _assert_same_results(got, expected) -> None:
-    summary, report, preds = got
-    e_summary, e_report, e_preds = expected
+    summary, report, preds, production = got
+    e_summary, e_report, e_preds, e_production = expected
+    assert production == e_production and e_production  # the same models registered and promoted
     for k in ("series", "models_registered", "models_failed", "models_promoted", "prediction_rows"):
         assert summary[k] == e_summary[k], k
     assert e_summary["prediction_rows"] > 0
@@ -121,8 +141,34 @@ def test_standalone_cluster_gives_local_results(tmp_path, source, local_results)
         assert apps, f"worker {i} ran no executor:\n{tail(tmp_path / f'worker{i}.log')}"
 
 
-def test_spark_connect_gives_local_results(tmp_path, source, local_results):
-    env = _spark_env(tmp_path)
+def test_standalone_cluster_with_the_lake_on_azurite_gives_local_results(tmp_path, source, local_results, azurite):  # noqa: F811
+    """Issue #18: two single-core workers, the lake on Azurite (``abfs://``), the credential
+    only in the executors' environment (``spark.executorEnv``) and the driver's; the whole
+    pipeline under the driver guard; the same models and predictions as local mode."""
+    from benchmarks.cluster import cluster_conf, standalone_cluster
+
+    env = {**_spark_env(tmp_path), "AZURE_STORAGE_CONNECTION_STRING": azurite}
+    container = f"mm-{uuid.uuid4().hex[:12]}"
+    with standalone_cluster(tmp_path, workers=2, cores=1, memory="1g", env=env) as (master_url, _):
+        spark = cluster_conf(master_url, 2, azurite)
+        spark["shuffle_partitions"] = 2
+        spark["conf"]["spark.executor.memory"] = "512m"
+        got = _run(tmp_path / "home", source, spark, env, storage={"lake_url": f"abfs://{container}/retail"}, guarded=True)
+    _assert_same_results(got, local_results)
+    blobs = _blobs(azurite, container)
+    run = f"retail/training_sets/retail/run_date={RUN_DATE}"
+    assert f"{run}/_CURRENT" in blobs and any(b.startswith(f"{run}/v=") and "/bucket=" in b for b in blobs)
+    assert "retail/raw/sales/_manifest.json" in blobs
+    for i in (1, 2):  # both workers ran executors
+        assert list((tmp_path / f"work{i}").glob("app-*/*/stderr")), f"worker {i} ran no executor"
+
+
+def test_spark_connect_gives_local_results(tmp_path, source, local_results, azurite):  # noqa: F811
+    """Spark Connect with the lake on Azurite: the training-set build and the training run in
+    the server's tasks through fsspec (``mapInPandas``), under the driver guard. The server's
+    local-mode Python workers inherit its environment, which carries the credential."""
+    env = {**_spark_env(tmp_path), "AZURE_STORAGE_CONNECTION_STRING": azurite}
+    container = f"mm-{uuid.uuid4().hex[:12]}"
     port = free_port()
     cmd = [
         str(pyspark_home() / "sbin" / "start-connect-server.sh"), "--wait",  # foreground: stopped with its process group
@@ -137,8 +183,11 @@ def test_spark_connect_gives_local_results(tmp_path, source, local_results):
     ]
     log = tmp_path / "connect.log"
     with server(cmd, log, port=port, timeout=240, env=env, cwd=tmp_path):
-        got = _run(tmp_path / "home", source, {"master": f"sc://127.0.0.1:{port}", "shuffle_partitions": 2}, env)
+        got = _run(tmp_path / "home", source, {"master": f"sc://127.0.0.1:{port}", "shuffle_partitions": 2}, env,
+                   storage={"lake_url": f"abfs://{container}/retail"}, guarded=True)
     _assert_same_results(got, local_results)
+    run = f"retail/training_sets/retail/run_date={RUN_DATE}"
+    assert f"{run}/_CURRENT" in _blobs(azurite, container)
     text = log.read_text(errors="replace")
     # The queries (training and scoring mapInPandas jobs among them) executed inside the Connect server.
     assert "SparkConnectExecutionManager" in text

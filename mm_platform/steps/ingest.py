@@ -173,11 +173,21 @@ class _Spill:
         for k in self.cfg.keys:
             if chunk[k].notna().any():  # an all-NULL chunk says nothing of the key's type
                 self.value_types[k].add(_type_from_values(chunk[k]))
-        month = (dates.dt.year * 100 + dates.dt.month).map(lambda v: _NO_DATE if pd.isna(v) else f"{int(v):06d}")
-        for m, idx in chunk.groupby(month.to_numpy()).groups.items():
+        # One stable sort by month and contiguous slices: a chunk of series-ordered rows spans
+        # every month, and label lookups per month (loc, a lambda per row) cost more than the
+        # pickles themselves (docs/ingestion.md).
+        ym = (dates.dt.year * 100 + dates.dt.month).to_numpy(dtype=float, na_value=np.nan)
+        label = np.where(np.isnan(ym), -1, ym).astype(np.int64)
+        order = np.argsort(label, kind="stable")
+        chunk, label = chunk.assign(__date=dates).iloc[order], label[order]
+        bounds = np.flatnonzero(np.diff(label)) + 1
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(label)], strict=True):
+            if a == b:
+                continue
+            m = _NO_DATE if label[a] < 0 else f"{int(label[a]):06d}"
             n = self.parts.get(m, 0)
             self.parts[m] = n + 1
-            chunk.loc[idx].assign(__date=dates[idx]).to_pickle(f"{self.folder}/{m}-{n:06d}.pkl")
+            chunk.iloc[a:b].to_pickle(f"{self.folder}/{m}-{n:06d}.pkl")
 
     def key_types(self) -> dict[str, str]:
         """What ``_type_from_values`` gives for the whole window's key columns."""

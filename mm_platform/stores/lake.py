@@ -127,8 +127,19 @@ def _credentials_message(where: str, scheme: str, err: BaseException) -> str:
 _CONTAINERS_SEEN: set[str] = set()
 
 
+def _driver_memory_pool() -> None:
+    """Arrow memory of the process that opens a ``Lake`` (the driver, the dashboard) comes
+    from the system allocator. pyarrow's default pool keeps freed pages, so the driver's peak
+    RSS grew with the size of every file it had read keys or footers from (+26 MB from 400 to
+    4,000 days per series in ``TrainingSetStore.series`` alone, docs/performance.md); malloc
+    gives them back. Spark's Python workers, which do the bulk Arrow work, keep the default."""
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 class Lake:
     def __init__(self, url: str):
+        _driver_memory_pool()
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options(self.url))
         if self.url.split("://", 1)[0].lower() in AZURE_PROTOCOLS:
@@ -159,6 +170,14 @@ class Lake:
         """The URI of a path of this lake's filesystem (``self.path(...)``, ``fs.ls``)."""
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+    def spark_uri(self, path: str) -> str:
+        """The URL Spark's own reader and writer open for a path of this lake: the configured
+        URL's form (``abfss://container@account.dfs.core.windows.net/…``, which hadoop-azure
+        needs, where ``uri_of`` gives fsspec's ``abfs://container/…``)."""
+        if path != self.root and not path.startswith(self.root.rstrip("/") + "/"):
+            raise ValueError(f"{path} is not under the lake root {self.root}")
+        return self.url + path[len(self.root.rstrip("/")):]
 
     def is_local(self) -> bool:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]

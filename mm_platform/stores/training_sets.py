@@ -16,6 +16,10 @@ replaces the old one:
   to a new ``run_date=…/v=<uuid>`` folder and then a one-blob pointer (``run_date=…/_CURRENT``)
   is switched to it, a single PUT that readers see before or after, never half-way; older
   versions are deleted after the switch.
+
+``storage.lake_io: spark`` (``SparkTrainingSets``) keeps the layout and the swap but has
+Spark's own Parquet reader and writer move the rows, for clusters with a connector for the lake
+(hadoop-azure on Databricks and Synapse).
 """
 
 from __future__ import annotations
@@ -86,12 +90,16 @@ class TrainingSetStore(ABC):
         pyarrow: only those columns, a fraction of a second even for tens of millions of rows,
         where a Spark job costs seconds of JVM time."""
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         columns = [*self.cfg.keys, "series_id"]
-        # One file at a time (a series is in one bucket): the driver holds one bucket's keys,
-        # not the whole set's.
-        parts = [f.to_table(columns=columns).group_by(columns).aggregate([])
-                 for f in self._dataset(run_date).get_fragments()]
+        # One batch of one file at a time (a series is in one bucket): the driver holds a
+        # batch's keys and the distinct series, whatever the length of the histories.
+        parts = []
+        for f in self._dataset(run_date).get_fragments():
+            with f.filesystem.open_input_file(f.path) as source:
+                for batch in pq.ParquetFile(source).iter_batches(batch_size=65_536, columns=columns, use_threads=False):
+                    parts.append(pa.Table.from_batches([batch]).group_by(columns).aggregate([]))
         if not parts:
             return pd.DataFrame(columns=columns)
         return pa.concat_tables(parts).group_by(columns).aggregate([]).to_pandas()[columns]
@@ -100,13 +108,19 @@ class TrainingSetStore(ABC):
         """``series_id, ds, y`` of a few series (plots), read with pyarrow, not Spark."""
         import pyarrow.dataset as pads
 
-        table = self._dataset(run_date).to_table(columns=["series_id", "ds", "y"],
-                                                  filter=pads.field("series_id").isin(list(series_ids)))
+        # Only the buckets holding these series are opened (a series is in one bucket).
+        buckets = sorted({int(b) for b in _bucket_of(list(series_ids))})
+        table = self._dataset(run_date).to_table(
+            columns=["series_id", "ds", "y"],
+            filter=pads.field("bucket").isin(buckets) & pads.field("series_id").isin(list(series_ids)))
         return table.to_pandas()
 
 
 def training_set_store(lake: Lake, cfg: DatasetConfig) -> TrainingSetStore:
-    """The store for this lake (one data path for every fsspec lake)."""
+    """The store for this lake: one data path for every fsspec lake, or Spark's own Parquet
+    I/O when the config says the cluster has a connector for it (``storage.lake_io: spark``)."""
+    if cfg.storage.lake_io == "spark":
+        return SparkTrainingSets(lake, cfg)
     return FsspecTrainingSets(lake, cfg)
 
 
@@ -502,6 +516,94 @@ class FsspecTrainingSets(TrainingSetStore):
         buckets = sorted({self.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
         return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, known=known, previous=previous,
                                          only_series=only_series)
+
+
+class SparkTrainingSets(FsspecTrainingSets):
+    """``storage.lake_io: spark``: the layout, the swap and the driver's part (manifest,
+    pointer, listings, footers) of ``FsspecTrainingSets``, with every data row read and
+    written by Spark's own Parquet I/O on the configured lake URL (``Lake.spark_uri``) — for
+    clusters that ship a connector, as Databricks and Synapse ship hadoop-azure for
+    ``abfss://``. The executors then need no fsspec package or credential of their own; the
+    driver still opens the lake with fsspec for the manifest and the pointer."""
+
+    def build(self, spark: SparkSession, run_date: date) -> dict:
+        import uuid
+
+        cfg, lake, fs = self.cfg, self.lake, self.lake.fs
+        raw_files = [lake.path("raw", cfg.source.table, rel) for rel in self._manifest_files()]
+        raw = spark.read.parquet(*[lake.spark_uri(f) for f in raw_files])
+        cols = cfg.columns
+        missing = [c for c in [*cols.keys, cols.date, cols.target, *cols.regressors] if c not in raw.columns]
+        if missing:
+            raise UserError(f"the lake's {cfg.source.table!r} table lacks configured columns {missing}; it has {raw.columns}")
+        tag = uuid.uuid4().hex[:12]
+        base = self._run_folder(run_date)
+        staging = lake.path("training_sets", cfg.name, f".building-run_date={run_date}-{tag}")
+        out = f"{base}/v={tag}" if self.object_store else f"{staging}/out"
+        rows = int(lake.read_manifest(cfg.source.table).get("rows") or 0)
+        committed = False
+        try:
+            # The Arrow build's layout: bucket=N/ folders, one file per bucket (each bucket goes
+            # to one partition), sorted by series and date; naive timestamps as pyarrow writes them.
+            data = training_rows(raw, cfg, run_date).withColumn("ds", F.col("ds").cast("timestamp_ntz"))
+            (data.repartition(task_count(spark, N_BUCKETS, rows), "bucket")
+             .sortWithinPartitions("bucket", "series_id", "ds")
+             .write.partitionBy("bucket").mode("overwrite").parquet(lake.spark_uri(out)))
+            # Two numbers back to the driver (a Spark job over the written series ids).
+            stats = spark.read.parquet(lake.spark_uri(out)).agg(
+                F.count(F.lit(1)).alias("rows"), F.countDistinct("series_id").alias("series")).first()
+            self._commit(run_date, out)
+            committed = True
+        finally:
+            for leftover in [staging] + ([] if committed or not self.object_store else [out]):
+                try:
+                    fs.rm(leftover, recursive=True)
+                except FileNotFoundError:
+                    pass
+        return {"rows": int(stats["rows"]), "series": int(stats["series"]), "path": self.uri(run_date)}
+
+    def dataframe(self, spark: SparkSession, run_date: date) -> DataFrame:
+        folder = self.folder(run_date)
+        if not self.lake.fs.exists(folder):
+            raise UserError(f"no training set for {run_date} at {self.lake.uri('training_sets', self.cfg.name)}: "
+                            "materialize training_sets first")
+        return spark.read.parquet(self.lake.spark_uri(folder))
+
+    def train(self, spark, run_date, known=None, previous=None, only_series=None) -> pd.DataFrame:
+        # Spark's reader splits files as it likes, so series are grouped by a shuffle
+        # (``train_grouped``): the same rows as reading whole buckets (test_training_paths.py).
+        data = self.dataframe(spark, run_date)
+        if only_series is not None:
+            data = data.where(F.col("series_id").isin(list(only_series)))
+        result = spark_train.train_grouped(data, self.cfg, known=known, previous=previous)
+        return result.sort_values("series_id", kind="stable").reset_index(drop=True)
+
+
+
+def train_buckets_of(store: TrainingSetStore, spark, run_date: date, spec=None, known=None, previous=None,
+                     only_series=None, shared=None) -> pd.DataFrame:
+    """``store.train`` with a given ``TrainSpec`` and the global family's shared models
+    (``spark.global_train.SharedSetup``): whole buckets per task where the store trains so,
+    else the grouped path over its DataFrame."""
+    if type(store).train is not FsspecTrainingSets.train:
+        data = store.dataframe(spark, run_date)
+        if only_series is not None:
+            data = data.where(F.col("series_id").isin(list(only_series)))
+        result = spark_train.train_grouped(data, store.cfg, spec=spec, known=known, previous=previous, shared=shared)
+        return result.sort_values("series_id", kind="stable").reset_index(drop=True)
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    files = store._bucket_files(run_date)
+    if not files:
+        return pd.DataFrame(columns=[*store.cfg.keys, *(n for n, _ in spark_train.RESULT_FIELDS)])
+    afs = arrow_filesystem(store.lake.fs)
+    sample = pq.read_schema(files[0][0], filesystem=afs)
+    key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in store.cfg.keys]
+    rows = sum(pq.read_metadata(f, filesystem=afs).num_rows for f, _ in files)
+    buckets = sorted({store.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
+    return spark_train.train_buckets(spark, buckets, key_schema, rows, store.cfg, spec=spec, known=known,
+                                     previous=previous, only_series=only_series, shared=shared)
 
 
 # The name the local lake's store had before one path served every lake.

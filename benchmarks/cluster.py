@@ -1,0 +1,367 @@
+"""Cluster benchmarks (issue #18): commands that print numbers, never timed tests.
+
+``python -m benchmarks driver-rss --series 400 --days 400,4000 --lake local|azurite|URL``
+    The driver's peak RSS over whole ``mm-platform run``s (ingest → training sets → training
+    → promotion → scoring → accuracy) at each data size. What is counted: the peak RSS of the
+    Python process running ``mm-platform run`` (``VmHWM`` from ``/proc/<pid>/status``: the
+    kernel's own high-water mark of that one process, not a sample). The driver JVM it starts
+    (a child: in local mode also the executor) is reported beside it, not in it.
+
+``python -m benchmarks cluster --rows 100000,1000000 --start-cluster --lake azurite``
+    The training and scoring benchmarks (``benchmarks.train_score``'s workers) against a Spark
+    master and a lake: per size, local mode, then the cluster with one single-core executor
+    (``spark.cores.max=1``), then two. Reported per side: wall time, core-s per series (the
+    driver's process tree plus, when the workers run on this host, every process under the
+    workers: executor JVMs and their Python workers), the driver's peak RSS. ``--master
+    spark://…`` uses a running cluster instead (its workers must have one core each for the
+    1-vs-2 comparison); ``--lake abfs://…`` a running store (credentials in the environment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import yaml
+
+RUN_DATE = "2025-12-31"
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's documented development account key (public, fixed): not a secret.
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+# -- services --------------------------------------------------------------------------------------
+
+
+def azurite_binary() -> Path | None:
+    folder = Path(os.environ.get("MM_AZURITE_DIR") or Path.home() / ".cache" / "mm_platform" / "azurite")
+    binary = folder / "node_modules" / ".bin" / "azurite-blob"
+    return binary if binary.exists() else None
+
+
+@contextlib.contextmanager
+def azurite(tmp: Path) -> Iterator[str]:
+    """Azurite's blob service on 127.0.0.1; yields its connection string."""
+    from mm_platform_tests.test_prod_support import free_port, server
+
+    binary = azurite_binary()
+    if binary is None:
+        raise SystemExit("Azurite is not installed: npm install --prefix ~/.cache/mm_platform/azurite azurite@3 "
+                         "(or set MM_AZURITE_DIR)")
+    port = free_port()
+    cmd = [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(tmp / "azurite-data"),
+           "--silent", "--skipApiVersionCheck", "--loose", "--disableProductStyleUrl"]
+    with server(cmd, tmp / "azurite.log", port=port, timeout=60):
+        yield (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+               f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+
+
+def spark_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of Spark's launch scripts (master, workers, ``mm-platform run``)."""
+    from mm_platform_tests.test_prod_support import VENV_BIN, pyspark_home, subprocess_env
+
+    return subprocess_env(
+        SPARK_HOME=str(pyspark_home()), SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(tmp / "logs"),
+        SPARK_PID_DIR=str(tmp), SPARK_IDENT_STRING=f"mm-{tmp.name}", PYSPARK_PYTHON=str(VENV_BIN / "python"),
+        SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false", **extra,
+    )
+
+
+@contextlib.contextmanager
+def standalone_cluster(tmp: Path, workers: int = 2, cores: int = 1, memory: str = "2g",
+                       env: dict | None = None) -> Iterator[tuple[str, list[int]]]:
+    """A standalone master and ``workers`` workers of ``cores`` cores on 127.0.0.1 (pyspark's
+    ``bin/spark-class``); yields the master URL and the workers' pids. Always stopped."""
+    from mm_platform_tests.test_prod_support import free_port, pyspark_home, server, tail
+
+    env = env or spark_env(tmp)
+    spark_class = str(pyspark_home() / "bin" / "spark-class")
+    port = free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    cmd = [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+           "--webui-port", str(free_port())]
+    log = tmp / "master.log"
+    with server(cmd, log, port=port, timeout=180, env=env, cwd=tmp), contextlib.ExitStack() as stack:
+        pids = []
+        for i in range(1, workers + 1):
+            wport = free_port()
+            cmd = [spark_class, "org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
+                   "--port", str(wport), "--webui-port", str(free_port()), "--cores", str(cores), "--memory", memory,
+                   "--work-dir", str(tmp / f"work{i}")]
+            pids.append(stack.enter_context(server(cmd, tmp / f"worker{i}.log", port=wport, timeout=180, env=env, cwd=tmp)).pid)
+        deadline = time.time() + 120
+        while log.read_text(errors="replace").count("Registering worker") < workers:
+            if time.time() > deadline:
+                raise TimeoutError(f"{workers} workers did not register with {master_url}:\n{tail(log)}")
+            time.sleep(1)
+        yield master_url, pids
+
+
+def cluster_conf(master_url: str, cores_max: int, connection_string: str | None = None) -> dict:
+    """The ``spark`` section of a dataset config for a standalone cluster on 127.0.0.1."""
+    conf = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.executor.memory": "1g",
+            "spark.executor.cores": "1", "spark.cores.max": str(cores_max)}
+    if connection_string:  # the executors open the lake from their own environment
+        conf["spark.executorEnv.AZURE_STORAGE_CONNECTION_STRING"] = connection_string
+    return {"master": master_url, "shuffle_partitions": 2 * max(cores_max, 2), "conf": conf}
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+def vm_hwm(pid: int) -> int:
+    """The kernel's peak RSS of one process (bytes), 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_with_peaks(cmd: list[str], env: dict, cwd: Path, timeout: float) -> dict:
+    """Run ``cmd`` (its own process group); its peak RSS and its Java children's, in MB."""
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    root = psutil.Process(proc.pid)
+    driver, jvm = 0, 0
+    started = time.perf_counter()
+    out: list[str] = []
+    err: list[str] = []
+    import threading
+
+    threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True).start()
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
+    while proc.poll() is None:
+        driver = max(driver, vm_hwm(proc.pid))
+        with contextlib.suppress(psutil.Error):
+            for child in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if child.name() == "java":
+                        jvm = max(jvm, vm_hwm(child.pid))
+        if time.perf_counter() - started > timeout:
+            os.killpg(proc.pid, 9)
+            raise RuntimeError(f"{' '.join(map(str, cmd))} timed out after {timeout}s")
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    time.sleep(0.3)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{''.join(err)[-4000:]}")
+    summary = json.loads("".join(out).strip().splitlines()[-1])
+    return {"driver_peak_rss_mb": round(driver / 2**20, 1), "jvm_peak_rss_mb": round(jvm / 2**20, 1),
+            "wall_s": round(wall, 1), "summary": summary}
+
+
+# -- driver-rss -----------------------------------------------------------------------------------------
+
+
+def _pipeline_config(home: Path, source_url: str, lake_url: str, spark: dict) -> Path:
+    from mm_platform.config import StorageConfig
+
+    cfg = {
+        "name": "retail",
+        "source": {"url": source_url, "table": "sales"},
+        "columns": {"date": "date", "target": "units", "keys": ["store", "item"], "regressors": ["price", "promo", "holiday"]},
+        "frequency": "daily", "horizon": 14, "holdout": 28, "min_history": 90,
+        "spark": spark,
+        "storage": {**StorageConfig.embedded(home), "lake_url": lake_url},
+    }
+    path = home / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cmd_driver_rss(args) -> int:
+    from mm_platform.datagen import write_sales
+    from mm_platform_tests.test_prod_support import VENV_BIN
+
+    work = Path(args.home or tempfile.mkdtemp(prefix="mm-rss-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    days_list = [int(d) for d in args.days.split(",")]
+    side = int(round(args.series ** 0.5))
+    stores, items = side, -(-args.series // side)
+    lakes = args.lake.split(",")
+    report: dict = {"series": stores * items, "days": days_list, "master": args.master, "cores": os.cpu_count(),
+                    "load_average_at_start": os.getloadavg(), "runs": []}
+    with contextlib.ExitStack() as stack:
+        conn = None
+        if "azurite" in lakes:
+            conn = stack.enter_context(azurite(work))
+        env = spark_env(work, MM_HOME=str(work))
+        if conn:
+            env["AZURE_STORAGE_CONNECTION_STRING"] = conn
+        for days in days_list:
+            source = f"sqlite:///{work}/source-{days}.db"
+            if not (work / f"source-{days}.db").exists():
+                rows = write_sales(source, "sales", stores, items, days, seed=args.seed)
+            else:
+                rows = None
+            for lake in lakes:
+                home = work / f"{lake.split(':')[0]}-{days}-{uuid.uuid4().hex[:6]}"
+                home.mkdir()
+                if lake == "local":
+                    lake_url = str(home / "lake")
+                elif lake == "azurite":
+                    lake_url = f"abfs://mm-{uuid.uuid4().hex[:10]}/retail"
+                else:
+                    lake_url = f"{lake.rstrip('/')}/rss-{uuid.uuid4().hex[:10]}"
+                spark = {"master": args.master, "shuffle_partitions": 2}
+                if conn and not args.master.startswith("local"):
+                    spark["conf"] = {"spark.executorEnv.AZURE_STORAGE_CONNECTION_STRING": conn}
+                path = _pipeline_config(home, source, lake_url, spark)
+                cmd = [VENV_BIN / "mm-platform", "run", "--config", path, "--run-date", RUN_DATE, "--ephemeral"]
+                r = run_with_peaks(cmd, {**env, "MM_HOME": str(home)}, home, args.timeout)
+                s = r.pop("summary")
+                run = {"lake": lake, "days": days, "source_rows": rows, **r,
+                       **{k: s.get(k) for k in ("series", "models_registered", "models_promoted", "prediction_rows", "seconds")}}
+                report["runs"].append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
+                if not args.keep:
+                    shutil.rmtree(home, ignore_errors=True)
+    for lake in lakes:
+        runs = [r for r in report["runs"] if r["lake"] == lake]
+        if len(runs) >= 2:
+            report[f"{lake}_driver_growth_pct"] = round(100 * (runs[-1]["driver_peak_rss_mb"] / runs[0]["driver_peak_rss_mb"] - 1), 1)
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+def add_driver_rss_arguments(p) -> None:
+    p.add_argument("--series", type=int, default=400)
+    p.add_argument("--days", default="400,4000", help="comma-separated days per series, one run each")
+    p.add_argument("--lake", default="local,azurite", help="comma-separated: local, azurite (started here) or a lake URL")
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--home", help="working folder (default: a new temp folder); sources are reused from it")
+    p.add_argument("--keep", action="store_true", help="keep each run's home")
+    p.add_argument("--json", action="store_true")
+
+
+# -- cluster --------------------------------------------------------------------------------------------
+
+
+def _variant_home(base: Path, name: str, lake_url: str, spark: dict, horizon: int) -> Path:
+    from benchmarks.train_score import bench_config, create_stores
+
+    home = base / name
+    home.mkdir(parents=True, exist_ok=True)
+    path = bench_config(home, horizon)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["storage"]["lake_url"] = lake_url
+    cfg["spark"] = {**cfg["spark"], **spark}
+    path.write_text(yaml.safe_dump(cfg))
+    create_stores(home)
+    return home
+
+
+def _measure_variant(home: Path, env: dict, workers: list[int], series: int) -> dict:
+    from benchmarks.train_score import run_measured
+
+    out = {}
+    for role in ("ours-train", "promote-all", "ours-score"):
+        m = run_measured(["worker", role, "--home", str(home)], env, also=workers)
+        if role == "promote-all":
+            continue
+        out[role.removeprefix("ours-")] = {
+            "wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "core_s_per_series": round(m["cpu_s"] / series, 5),
+            "executors_cpu_s": m.get("also_cpu_s"), "driver_peak_rss_mb": m["driver_peak_rss_mb"],
+            # the serial part: the driver's Python process and its JVM (in local mode the JVM is
+            # also the executor, and Spark's Python workers count under "workers")
+            "driver_cpu_s": {k: m["cpu_s_by_process"].get(k) for k in ("driver", "jvm", "workers")},
+            **{k: m[k] for k in ("series", "trained", "registered", "failed", "rows") if k in m},
+        }
+    return out
+
+
+def cmd_cluster(args) -> int:
+    from benchmarks.train_score import generate_into_lake
+
+    work = Path(args.home or tempfile.mkdtemp(prefix="mm-cluster-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    sizes = [int(r) for r in args.rows.split(",")]
+    report: dict = {"days": args.days, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "sizes": []}
+    with contextlib.ExitStack() as stack:
+        env = spark_env(work, MM_HOME=str(work))
+        conn = None
+        if args.lake == "azurite":
+            conn = stack.enter_context(azurite(work))
+            env["AZURE_STORAGE_CONNECTION_STRING"] = conn
+        elif args.lake.split("://", 1)[0] in ("abfs", "abfss", "az"):
+            conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AZURE_STORAGE_")})  # generate_into_lake
+        if args.start_cluster:
+            master, workers = stack.enter_context(standalone_cluster(work, workers=2, cores=1, env=env))
+        elif args.master:
+            master, workers = args.master, _local_workers(args.master)
+        else:
+            raise SystemExit("give --master spark://host:port or --start-cluster")
+        report |= {"master": master, "lake": args.lake, "workers_measured": len(workers)}
+        for rows in sizes:
+            series = max(1, rows // args.days)
+            base = work / f"rows-{rows}"
+            if args.lake == "local":
+                lake_url = str(base / "lake")
+            elif args.lake == "azurite":
+                lake_url = f"abfs://mm-{uuid.uuid4().hex[:10]}/bench"
+            else:
+                lake_url = f"{args.lake.rstrip('/')}/bench-{rows}-{uuid.uuid4().hex[:8]}"
+            variants = {"local": {"master": "local[2]", "shuffle_partitions": 8},
+                        "cluster_1_core": cluster_conf(master, 1, conn),
+                        "cluster_2_cores": cluster_conf(master, 2, conn)}
+            homes = {name: _variant_home(base, name, lake_url, spark, args.horizon) for name, spark in variants.items()}
+            t0 = time.perf_counter()
+            written = generate_into_lake(homes["local"], series, args.days, args.seed)
+            entry: dict = {"rows": written, "series": series, "lake_url": lake_url,
+                           "generate_s": round(time.perf_counter() - t0, 1)}
+            for name, home in homes.items():
+                entry[name] = _measure_variant(home, {**env, "MM_HOME": str(home)}, [] if name == "local" else workers, series)
+                print(json.dumps({"rows": written, name: entry[name]}), file=sys.stderr, flush=True)
+            for step in ("train", "score"):
+                one, two, local = entry["cluster_1_core"][step], entry["cluster_2_cores"][step], entry["local"][step]
+                entry[f"{step}_speedup_2_over_1_worker"] = round(one["wall_s"] / two["wall_s"], 2)
+                entry[f"{step}_core_s_cluster_over_local"] = round(two["core_s_per_series"] / local["core_s_per_series"], 2)
+            report["sizes"].append(entry)
+            if not args.keep:
+                shutil.rmtree(base, ignore_errors=True)
+    rss = [(e["rows"], e["cluster_2_cores"]["train"]["driver_peak_rss_mb"]) for e in report["sizes"]]
+    if len(rss) >= 2:
+        report["driver_rss_growth_pct_smallest_to_largest"] = round(100 * (rss[-1][1] / rss[0][1] - 1), 1)
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+def _local_workers(master: str) -> list[int]:
+    """The pids of this host's standalone workers registered with ``master`` (their processes'
+    CPU is the executors'); none for a remote cluster, whose executors are then not measured."""
+    pids = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if "org.apache.spark.deploy.worker.Worker" in cmd and master in cmd:
+            pids.append(p.pid)
+    return pids
+
+
+def add_cluster_arguments(p) -> None:
+    p.add_argument("--rows", default="100000,1000000", help="comma-separated row counts (series = rows / days)")
+    p.add_argument("--days", type=int, default=1000)
+    p.add_argument("--master", help="spark://host:port of a running standalone cluster")
+    p.add_argument("--start-cluster", action="store_true", help="start a master and two single-core workers on 127.0.0.1")
+    p.add_argument("--lake", default="azurite", help="azurite (started here), local, or a lake URL (abfs://…)")
+    p.add_argument("--horizon", type=int, default=28)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--home", help="working folder (default: a new temp folder)")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--json", action="store_true")
