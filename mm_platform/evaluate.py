@@ -25,6 +25,14 @@ its shared models fitted once per training origin across the evaluated series (o
 ``--global-by KEY``), and ``auto_local``: auto's choice among the local families only (what
 training picks today). With ``algorithm.regression.pool_by`` the per-series elasticities are
 pooled by that key before the per-series fits (``elasticity_priors``).
+
+``auto`` is the pooled choice (``--no-pooled``: each series alone, as before): a first pass
+backtests every candidate on every series at each cut (``backtest_series``), the sums of
+``series.backtest_summary`` give the dataset-level choice per cut (``series.pooled_choice``:
+the family or equal-weight mean of up to ``--combine`` families with the lowest pooled
+backtest WAPE), and the second pass reuses those backtest forecasts (``external``) and keeps
+the dataset choice per series unless a family beats it on the series' own backtest by
+``--prior-margin``. Neither pass sees the test windows.
 """
 
 from __future__ import annotations
@@ -165,12 +173,59 @@ def least_squares(train: pd.DataFrame, test: pd.DataFrame, regressors: tuple[str
 # -- one series -----------------------------------------------------------------------------
 
 
-def evaluate_series(sid: str, history: pd.DataFrame, spec: TrainSpec, horizon: int, outer_folds: int) -> dict:
+def backtest_series(sid: str, history: pd.DataFrame, spec: TrainSpec, horizon: int, outer_folds: int) -> dict:
+    """The first pass of the pooled choice: every candidate's backtest at each cut (the same
+    folds ``fit_candidates`` uses, before the cut's holdout), as external forecasts for the
+    second pass and as ``backtest_summary`` sums (all candidates, and local ones only) for
+    ``pooled_choice``. Cuts are numbered from the newest (0)."""
+    from mm_platform.forecasting.global_lgbm import FAMILY as GLOBAL
+    from mm_platform.forecasting.series import backtest_summary, run_backtest
+
+    h, cuts = prepared(history, spec, horizon, outer_folds)
+    if h is None:
+        return {"series_id": sid, "cuts": {}, "cpu_seconds": 0.0}
+    started = time.process_time()
+    candidates = tuple(dict.fromkeys(spec.candidates))
+    local = tuple(f for f in candidates if f != GLOBAL)
+    out = {}
+    for back, cut in enumerate(reversed(cuts)):
+        train = h.iloc[:cut].iloc[: -spec.holdout]
+        bt = run_backtest(train, spec, candidates, spec.folds)
+        origins = [str(train["ds"].iloc[start - 1].date()) for start, _ in bt.folds]
+        out[back] = {
+            "external": {f: dict(zip(origins, fs, strict=True)) for f, fs in bt.forecasts.items()},
+            "failed": list(bt.errors),
+            "summary": backtest_summary(bt, candidates, spec.combine),
+            "summary_local": backtest_summary(bt, local, spec.combine),
+        }
+    return {"series_id": sid, "cuts": out, "cpu_seconds": time.process_time() - started}
+
+
+def _backtest_one(args):
+    return backtest_series(*args)
+
+
+def evaluate_series(
+    sid: str,
+    history: pd.DataFrame,
+    spec: TrainSpec,
+    horizon: int,
+    outer_folds: int,
+    pooled: dict | None = None,
+    first_pass: dict | None = None,
+) -> dict:
     """Forecasts of auto and every candidate at ``outer_folds`` cuts, with the actuals; also
     the least-squares baseline (with regressors) and ``auto`` restricted to the local families
-    (``champion_local``: what auto picks without ``global_lgbm``)."""
+    (``champion_local``: what auto picks without ``global_lgbm``). ``pooled`` maps a cut
+    (numbered from the newest) to its dataset-level choices ``{"all": (...), "local": (...)}``;
+    ``first_pass`` is this series' ``backtest_series`` result (its forecasts are reused)."""
     from mm_platform.forecasting.global_lgbm import FAMILY as GLOBAL
-    from mm_platform.forecasting.series import choose
+    from mm_platform.forecasting.series import (
+        choose,
+        choose_with_prior,
+        combo_members,
+        combo_name,
+    )
 
     h, cuts = prepared(history, spec, horizon, outer_folds)
     if h is None:
@@ -179,26 +234,43 @@ def evaluate_series(sid: str, history: pd.DataFrame, spec: TrainSpec, horizon: i
     local = tuple(f for f in dict.fromkeys(spec.candidates) if f != GLOBAL)
     results = []
     started = time.process_time()
-    for cut in cuts:
+    for back, cut in zip(range(len(cuts) - 1, -1, -1), cuts, strict=True):
+        choice = (pooled or {}).get(back) or {}
+        cut_spec = TrainSpec(**{**spec.__dict__, "prior": tuple(choice.get("all") or ())})
+        external = ((first_pass or {}).get("cuts") or {}).get(back, {}).get("external")
         train, test = h.iloc[:cut], h.iloc[cut : cut + horizon]
-        fits = fit_candidates(train, spec, every=True)
+        fits = fit_candidates(train, cut_spec, every=True, external=external)
         regs = {r: test[r].to_numpy(dtype=np.float64) for r in spec.regressors}
         actual = test["y"].to_numpy(dtype=np.float64)
         forecasts = {}
-        for fam in fits.first_fits:
+        for fam in fits.holdout_forecasts:
             artifact = fits.artifact(fam)
             _, yhat, lo, hi = forecast_arrays(artifact, len(test), regs)
             forecasts[fam] = (yhat, lo, hi)
+        forecasts[AUTO_LABEL] = forecasts[fits.champion]
         if spec.regressors:
             f = least_squares(train, test, spec.regressors)
             forecasts[LEAST_SQUARES] = (f, np.full(len(f), np.nan), np.full(len(f), np.nan))
+        # auto without the global family: the same rule over the local candidates, its
+        # forecast the mean of the chosen members' forecasts (no interval of its own).
         champion_local = fits.champion
-        if GLOBAL in spec.candidates and fits.champion == GLOBAL:
+        if GLOBAL in spec.candidates:
             bt = fits.backtest
-            if bt is not None and bt.folds and any(f in bt.forecasts for f in local):
+            prior_local = tuple(choice.get("local") or ())
+            picked = None
+            if bt is not None and bt.folds and prior_local:
+                picked = choose_with_prior(bt, local, prior_local, spec.prior_margin, spec.metric)
+            if picked is not None:
+                champion_local = picked[0]
+            elif bt is not None and bt.folds and any(f in bt.forecasts for f in local):
                 champion_local = choose(bt, local, spec.metric, spec.tie_tolerance, spec.fallback)[0]
             else:
-                champion_local = spec.fallback
+                champion_local = combo_name(prior_local) if prior_local else spec.fallback
+            members = combo_members(champion_local)
+            if all(m in forecasts for m in members):
+                yl = np.mean([forecasts[m][0] for m in members], axis=0)
+                nan = np.full(len(yl), np.nan)
+                forecasts[AUTO_LOCAL] = forecasts[champion_local] if len(members) == 1 else (yl, nan, nan)
         results.append(
             {
                 "actual": actual,
@@ -210,19 +282,55 @@ def evaluate_series(sid: str, history: pd.DataFrame, spec: TrainSpec, horizon: i
                 "backtest": {f: fits.backtest.pooled(f, spec.metric) for f in fits.backtest.forecasts}
                 if fits.backtest is not None
                 else {},
+                # For offline analysis of selection rules (--dump): every candidate's fold forecasts.
+                "backtest_folds": {
+                    "actuals": fits.backtest.actuals,
+                    "forecasts": fits.backtest.forecasts,
+                }
+                if fits.backtest is not None
+                else None,
             }
         )
+    first_cpu = float((first_pass or {}).get("cpu_seconds") or 0.0)
     return {
         "series_id": sid,
         "status": "ok",
         "n_obs": n_obs,
         "cuts": results,
-        "cpu_seconds": time.process_time() - started,
+        "cpu_seconds": time.process_time() - started + first_cpu,
     }
 
 
 def _evaluate_one(args):
     return evaluate_series(*args)
+
+
+def pooled_choices(first_pass) -> tuple[dict, dict]:
+    """The dataset-level choice per cut (all candidates, and local ones only) from the first
+    pass's sums: ``({cut: {"all": members, "local": members}}, a JSON-able summary)``."""
+    from mm_platform.forecasting.series import add_summaries, combo_name, pooled_choice
+
+    totals: dict = {}
+    for r in first_pass:
+        for back, c in r["cuts"].items():
+            t = totals.setdefault(back, {"all": {}, "local": {}})
+            add_summaries(t["all"], c["summary"])
+            add_summaries(t["local"], c["summary_local"])
+    choices = {back: {k: pooled_choice(v) for k, v in t.items()} for back, t in totals.items()}
+    summary = {}
+    for back, t in sorted(totals.items()):
+        best = choices[back]["all"]
+        key = combo_name(best) if best else None
+        e, a, n = t["all"].get(key, (np.nan, np.nan, 0)) if key else (np.nan, np.nan, 0)
+        single = {k: _r(v[0] / v[1]) for k, v in t["all"].items() if "+" not in k and v[1] > 0}
+        summary[f"cut_{back}"] = {
+            "choice": key,
+            "choice_local": combo_name(choices[back]["local"]) if choices[back]["local"] else None,
+            "backtest_wape": _r(e / a) if a else None,
+            "series": n,
+            "single_family_backtest_wape": dict(sorted(single.items(), key=lambda kv: kv[1] or 9)),
+        }
+    return choices, summary
 
 
 # -- aggregation ----------------------------------------------------------------------------
@@ -250,7 +358,7 @@ def summarize(results: list[dict], methods: list[str], coverage_level: float, mi
                 if fam not in c["forecasts"] or "seasonal_naive" not in c["forecasts"]:
                     continue
                 if method in (AUTO_LABEL, AUTO_LOCAL):
-                    mix[fam] += 1
+                    mix[_mix_label(c, method)] += 1
                 yhat, lo, hi = c["forecasts"][fam]
                 a = c["actual"]
                 okm = np.isfinite(a)
@@ -349,11 +457,18 @@ def compare_auto(results: list[dict], methods: list[str], n_boot: int = 2000, se
 
 
 def _method_family(cut: dict, method: str) -> str:
+    """The key of ``method``'s forecast in a cut (older dumps: auto's champion family)."""
+    if method in cut["forecasts"]:
+        return method
     if method == AUTO_LABEL:
         return cut["champion"]
     if method == AUTO_LOCAL:
         return cut.get("champion_local", cut["champion"])
     return method
+
+
+def _mix_label(cut: dict, method: str) -> str:
+    return cut.get("champion_local", cut["champion"]) if method == AUTO_LOCAL else cut["champion"]
 
 
 def _why(reason: str) -> str:
@@ -475,18 +590,24 @@ def install_shared(texts: list[str]) -> None:
 # -- cost -----------------------------------------------------------------------------------
 
 
-def measure_cost(series: list[tuple[str, pd.DataFrame]], spec: TrainSpec, families: list[str]) -> dict:
-    """CPU seconds (time.process_time) of ``train_series`` per series, for auto and each given family."""
+def measure_cost(
+    series: list[tuple[str, pd.DataFrame]], spec: TrainSpec, families: list[str], prior: tuple[str, ...] = ()
+) -> dict:
+    """CPU seconds (time.process_time) of ``train_series`` per series, for auto and each given
+    family; with ``prior``, also ``auto_pooled``: auto given that dataset-level choice."""
     from mm_platform.forecasting.series import train_series
 
     out = {}
-    for fam in [AUTO, *families]:
-        s = TrainSpec(**{**spec.__dict__, "family": fam, "fit_timeout_seconds": None})
+    runs = [(AUTO, AUTO, ()), *((f, f, ()) for f in families)]
+    if prior:
+        runs.append(("auto_pooled", AUTO, tuple(prior)))
+    for label, fam, p in runs:
+        s = TrainSpec(**{**spec.__dict__, "family": fam, "fit_timeout_seconds": None, "prior": p})
         train_series(series[0][1], s)  # imports and first-call set-up outside the timing
         started = time.process_time()
         for _, h in series:
             train_series(h, s)
-        out[fam] = round((time.process_time() - started) / len(series), 3)
+        out[label] = round((time.process_time() - started) / len(series), 3)
     return out
 
 
@@ -513,7 +634,15 @@ def run(args) -> dict:
         raise UserError(f"--global-by: {global_by!r} is not a key column of {cfg.name} (keys: {cfg.columns.keys})")
     if not args.families and not getattr(args, "no_global", False) and GLOBAL_FAMILY not in candidates:
         candidates.append(GLOBAL_FAMILY)  # evaluate only: training cannot fit the shared model yet
-    spec = TrainSpec(**{**base.__dict__, "candidates": tuple(candidates), "fit_timeout_seconds": None})
+    spec = TrainSpec(
+        **{
+            **base.__dict__,
+            "candidates": tuple(candidates),
+            "fit_timeout_seconds": None,
+            "prior_margin": getattr(args, "prior_margin", 1.0),
+            "combine": getattr(args, "combine", 3),
+        }
+    )
     started = time.time()
     frame = load_frame(cfg)
     keyed = keyed_series_frames(cfg, frame, args.series)
@@ -527,14 +656,27 @@ def run(args) -> dict:
     shared_texts: list[str] = []
     if GLOBAL_FAMILY in candidates:
         extra["global"], shared_texts = global_models(keyed, spec, horizon, args.folds, global_by, per_series)
-    tasks = [(sid, h, series_spec(spec, per_series.get(sid)), horizon, args.folds) for sid, h in series]
-    workers = max(1, min(args.workers, len(tasks)))
-    if workers == 1:
-        results = [_evaluate_one(t) for t in tasks]
-    else:
+    specs = {sid: series_spec(spec, per_series.get(sid)) for sid, _ in series}
+    workers = max(1, min(args.workers, len(series)))
+    pool = None
+    if workers > 1:
         # Each worker process gets the shared global models once, not with every series.
-        with ProcessPoolExecutor(workers, initializer=install_shared, initargs=(shared_texts,)) as pool:
-            results = list(pool.map(_evaluate_one, tasks, chunksize=1))
+        pool = ProcessPoolExecutor(workers, initializer=install_shared, initargs=(shared_texts,))
+    mapper = pool.map if pool is not None else map
+    try:
+        pooled, first = {}, {}
+        if not getattr(args, "no_pooled", False):
+            # Pass 1: every series' backtests, reduced to the dataset-level choice per cut.
+            tasks1 = [(sid, h, specs[sid], horizon, args.folds) for sid, h in series]
+            first = {r["series_id"]: r for r in mapper(_backtest_one, tasks1)}
+            pooled, extra["pooled_choice"] = pooled_choices(first.values())
+        tasks = [
+            (sid, h, specs[sid], horizon, args.folds, pooled, first.get(sid)) for sid, h in series
+        ]
+        results = list(mapper(_evaluate_one, tasks))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if args.dump:
         import pickle
 
@@ -556,6 +698,9 @@ def run(args) -> dict:
             "tie_tolerance": spec.tie_tolerance,
             "default": spec.fallback,
             "candidates": list(spec.candidates),
+            "pooled": not getattr(args, "no_pooled", False),
+            "prior_margin": spec.prior_margin,
+            "combine": spec.combine,
         },
         "interval_coverage_nominal": spec.interval_coverage,
         **summarize(results, methods, spec.interval_coverage, long_history),
@@ -569,7 +714,10 @@ def run(args) -> dict:
         if sample:
             # Training's auto (without the global family, whose shared models training cannot fit yet).
             local = TrainSpec(**{**spec.__dict__, "candidates": tuple(f for f in spec.candidates if f != GLOBAL_FAMILY)})
-            report["train_cpu_seconds_per_series"] = measure_cost(sample, local, args.cost_families.split(","))
+            newest = (pooled or {}).get(0, {}).get("local", ())
+            report["train_cpu_seconds_per_series"] = measure_cost(
+                sample, local, args.cost_families.split(","), newest
+            )
             report["train_cost_sample"] = len(sample)
     report["wall_seconds"] = round(time.time() - started, 1)
     return report
@@ -620,6 +768,18 @@ def add_commands(subparsers) -> None:
         help="leave the global LightGBM family out of the default candidates",
     )
     e.add_argument("--global-by", help="fit one global model per value of this key column (default: one for all)")
+    e.add_argument(
+        "--no-pooled", action="store_true",
+        help="auto chooses per series alone (no dataset-level choice from every series' backtest)",
+    )
+    e.add_argument(
+        "--prior-margin", type=float, default=1.0,
+        help="a series leaves the dataset-level choice only if one family's backtest beats it by this (relative; "
+        "default 1: never)",
+    )
+    e.add_argument(
+        "--combine", type=int, default=3, help="largest number of families auto may average (default 3)"
+    )
     e.add_argument("--dump", help=argparse.SUPPRESS)  # pickle of the per-series results (analysis)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_evaluate)

@@ -8,7 +8,7 @@ from datetime import date
 
 import pandas as pd
 
-from mm_platform.core.vocabulary import PRODUCTION_ALIAS, TAG_DATASET, TAG_SERIES_ID, TAG_SHA256
+from mm_platform.core.vocabulary import DRIFT_REFIT, PRODUCTION_ALIAS, TAG_DATASET, TAG_SERIES_ID, TAG_SHA256
 from mm_platform.stores.artifacts import ArtifactIntegrityError
 from mm_platform.stores.registry import RegisteredModel
 
@@ -103,6 +103,16 @@ class FakeWarehouse:
             return set()
         log = log[log["action"].isin(["promoted", "rejected"])]
         return set(zip(log["series_id"], log["training_version"].astype(int), strict=True))
+
+    def refit_requests(self):
+        """As ``Warehouse.refit_requests``: drift_log rows asking for a refit since the newest training run."""
+        log, newest = self._rows("drift_log"), self.newest_run_date("training_report")
+        if not len(log):
+            return []
+        log = log[log["actions"].fillna("").str.contains(DRIFT_REFIT)]
+        if newest is not None:
+            log = log[log["run_date"] >= newest]
+        return sorted(set(log["series_id"]))
 
 
 class FakeHistories:

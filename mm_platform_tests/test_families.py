@@ -136,3 +136,27 @@ def test_auto_config_is_validated_and_reaches_the_train_spec():
         parse_config({"name": "x", "source": {"url": "sqlite:///x.db"}, "algorithm": {"auto": {"candidates": ["xgb"]}}})
     with pytest.raises(ConfigError, match="algorithm.name"):
         parse_config({"name": "x", "source": {"url": "sqlite:///x.db"}, "algorithm": {"name": "lstm"}})
+
+
+@pytest.mark.parametrize("freq, origin_days", [("D", 3), ("W", 21)])
+def test_a_kept_model_forecasts_the_horizon_after_the_run_date(freq, origin_days):
+    """A production model kept over several runs publishes the periods after the run date,
+    not after the day it was trained (issue #20: every series forecast every run)."""
+    from mm_platform.spark.score import forecast_or_reason
+
+    h = retail_like(n=150, freq=freq)
+    spec = TrainSpec("ets", freq, 52 if freq == "W" else 7, 8, 30, ("price", "promo"), calibration_folds=2,
+                     fold_length=8, max_horizon=8)
+    r = train_series(h, spec)
+    assert r.status == TRAINED, r.reason
+    model_json = r.model_json()
+    last = np.datetime64(json.loads(model_json)["last_ds"], "D")
+    origin = str(last + np.timedelta64(origin_days, "D"))
+    (ds, yhat, lo, hi), why = forecast_or_reason(model_json, 8, True, None, origin)
+    assert why is None and len(ds) == 8
+    assert ds[0] > np.datetime64(origin) and ds[0] - np.datetime64(origin) <= np.timedelta64(7 if freq == "W" else 1, "D")
+    gap = origin_days // (7 if freq == "W" else 1)
+    full, _ = forecast_or_reason(model_json, 8 + gap, True, None)
+    np.testing.assert_array_equal(yhat, full[1][gap:])
+    (same_ds, *_), _ = forecast_or_reason(model_json, 8, True, None, str(last))
+    assert same_ds[0] == last + np.timedelta64(7 if freq == "W" else 1, "D")

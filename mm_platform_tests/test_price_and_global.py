@@ -222,15 +222,16 @@ def test_global_model_is_shared_by_reference_and_forecasts_per_series():
         act += test["y"].to_numpy()[ok].sum()
     assert err / act < 0.4
     # Another process resolves the shared model through a resolver, checked against its sha256.
-    G._SHARED.pop(sha)
-    G.set_resolver(lambda s: text.replace('"n_series":', '"n_series": ') if s == sha else "")
+    G.forget_shared([sha])
+    G.set_resolver(lambda s, uri: text.replace('"n_series":', '"n_series": ') if s == sha else "")
     try:
         with pytest.raises(ValueError, match="does not match its sha256"):
             G.resolve_shared(sha)
-        G.set_resolver(lambda s: text)
+        G.set_resolver(lambda s, uri: text)
         assert G.resolve_shared(sha).booster_text == shared.booster_text
     finally:
         G.set_resolver(None)
+        G.forget_shared([sha])
     with pytest.raises(ValueError, match="no shared global model"):
         opts = {"global_lgbm": {"models": {}, "keys": {}}}
         get_family("global_lgbm").fit(series[0][1], FitContext("W", 52, ("price", "advertising"), options=opts))

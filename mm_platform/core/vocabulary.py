@@ -37,6 +37,7 @@ TAG_TRAINING_RUN_ID = "training_run_id"
 TAG_N_OBS = "n_obs"
 TAG_CHAMPION = "champion"
 TAG_SELECTION_REASON = "selection_reason"
+TAG_DATASET_CHOICE = "dataset_choice"  # auto: the pooled choice the series was trained with
 # production copies also carry where they came from
 TAG_TRAINING_VERSION = "training_version"
 TAG_TRAINING_REGISTRY = "training_registry"
@@ -45,6 +46,8 @@ TAG_PROMOTION_RUN_DATE = "promotion_run_date"
 # coverage: the production model's tier (champion / fallback) and why it was chosen
 TAG_TIER = "tier"
 TAG_TIER_REASON = "tier_reason"
+# a training version registered because realized-accuracy drift asked for a refit (value: run date)
+TAG_DRIFT_REFIT = "drift_refit"
 PRODUCTION_ALIAS = "production"
 
 

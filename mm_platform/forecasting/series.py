@@ -64,6 +64,13 @@ class TrainSpec:
     interval_method: str = "conformal"  # or "normal" (holdout RMSE times the normal quantile)
     max_horizon: int = 0  # periods forecast-path families store (at least holdout, fold_length, 2 seasons, 56)
     options: dict = field(default_factory=dict)  # family options, e.g. {"ensemble": [...]}
+    # Pooled selection (auto): ``prior`` is the dataset-level choice, a family or an equal-weight
+    # mean of up to ``combine`` families, picked by ``pooled_choice`` on every series' backtest.
+    # A series keeps it unless one family's own backtest metric beats it by ``prior_margin``
+    # (relative). Empty: each series chooses alone (``choose``).
+    prior: tuple[str, ...] = ()
+    prior_margin: float = 1.0
+    combine: int = 3
 
     @property
     def fit_context(self) -> FitContext:
@@ -204,7 +211,7 @@ def train_series(history: pd.DataFrame, spec: TrainSpec, previous: dict | None =
     optimum, and so the forecast, is the same as a cold fit's to the solver's tolerance).
     """
     try:  # imports are per process, not per series: outside the time limit and fit_seconds
-        names = {spec.family, *spec.candidates, spec.fallback} if spec.family == AUTO else {spec.family}
+        names = {spec.family, *spec.candidates, spec.fallback, *spec.prior} if spec.family == AUTO else {spec.family}
         preload(names | set((spec.options or {}).get("ensemble", ())))
     except Exception:
         pass  # the fit itself reports the problem
@@ -300,12 +307,32 @@ def _forecast(fitted, frame: pd.DataFrame, regressors: tuple[str, ...]) -> np.nd
     return np.asarray(fitted.predict(frame["ds"].to_numpy(), regs), dtype=np.float64)
 
 
-def run_backtest(train: pd.DataFrame, spec: TrainSpec, families: tuple[str, ...], n_folds: int) -> Backtest:
-    """Fit each family on every rolling origin of ``train`` and forecast the next fold.
-    A family that fails on a fold is dropped (its error kept). The ensemble, when its members
-    are candidates too, is the mean of their fold forecasts (no extra fits)."""
+def fold_origins(train: pd.DataFrame, spec: TrainSpec, n_folds: int) -> list[str]:
+    """The last training date (``YYYY-MM-DD``) of each backtest fold of ``train``, newest first:
+    the keys of externally supplied backtest forecasts (``run_backtest(external=...)``)."""
     L = spec.fold_length or spec.holdout
     windows = fold_windows(len(train), n_folds, L, _min_fit(spec, L))
+    return [str(pd.Timestamp(train["ds"].iloc[start - 1]).date()) for start, _ in windows]
+
+
+def run_backtest(
+    train: pd.DataFrame,
+    spec: TrainSpec,
+    families: tuple[str, ...],
+    n_folds: int,
+    external: dict[str, dict[str, np.ndarray]] | None = None,
+) -> Backtest:
+    """Fit each family on every rolling origin of ``train`` and forecast the next fold.
+    A family that fails on a fold is dropped (its error kept). The ensemble, when its members
+    are candidates too, is the mean of their fold forecasts (no extra fits).
+
+    ``external`` (family -> {fold origin date: forecast of the fold}, see ``fold_origins``)
+    supplies a family's backtest forecasts computed elsewhere, e.g. by the global model's
+    own job, or by an earlier pass over the same folds: that family is not fitted here, and
+    a fold it has no forecast for counts as a failure."""
+    L = spec.fold_length or spec.holdout
+    windows = fold_windows(len(train), n_folds, L, _min_fit(spec, L))
+    external = external or {}
     ctx = spec.fit_context
     members = _ensemble_members(ctx)
     derived_ensemble = "ensemble" in families and all(m in families for m in members)
@@ -315,12 +342,20 @@ def run_backtest(train: pd.DataFrame, spec: TrainSpec, families: tuple[str, ...]
     for start, end in windows:
         fit_part, test = train.iloc[:start], train.iloc[start:end]
         actuals.append(test["y"].to_numpy(dtype=np.float64))
+        origin = str(pd.Timestamp(train["ds"].iloc[start - 1]).date()) if external else ""
         for name in families:
             if name in errors or (name == "ensemble" and derived_ensemble):
                 continue
             try:
-                fitted = get_family(name).fit(fit_part, ctx)
-                f = _forecast(fitted, test, spec.regressors)
+                if name in external:
+                    if origin not in external[name]:
+                        raise ValueError(f"no external backtest forecast for the fold after {origin}")
+                    f = np.asarray(external[name][origin], dtype=np.float64)
+                    if f.shape != (end - start,):
+                        raise ValueError(f"external backtest forecast after {origin} has {f.shape[0]} values, fold {end - start}")
+                else:
+                    fitted = get_family(name).fit(fit_part, ctx)
+                    f = _forecast(fitted, test, spec.regressors)
                 if not np.isfinite(f).all():
                     raise ValueError("non-finite forecast")
                 forecasts[name].append(f)
@@ -379,6 +414,126 @@ def choose(
     return champion, reason
 
 
+# --- combinations and the pooled (dataset-level) choice --------------------------------------
+
+COMBO_SEP = "+"  # "regression+global_lgbm": the equal-weight mean of those families' forecasts
+
+
+def combo_name(members) -> str:
+    return COMBO_SEP.join(members)
+
+
+def combo_members(name: str) -> tuple[str, ...]:
+    return tuple(name.split(COMBO_SEP))
+
+
+def is_combo(name: str) -> bool:
+    return COMBO_SEP in name
+
+
+def combo_weights(name: str, ctx: FitContext) -> dict[str, float]:
+    """Base-family weights of the equal-weight mean ``name``; the ensemble family counts as its
+    own members' mean, so ``regression+ensemble`` is 3/4 regression and 1/4 prophet."""
+    out: dict[str, float] = {}
+    members = combo_members(name)
+    for m in members:
+        parts = _ensemble_members(ctx) if m == "ensemble" else (m,)
+        for p in parts:
+            out[p] = out.get(p, 0.0) + 1.0 / len(members) / len(parts)
+    return out
+
+
+def add_combination(bt: Backtest, name: str) -> bool:
+    """Add the fold forecasts of the combination ``name`` to ``bt`` (the mean of its members'
+    fold forecasts: no fits); False when a member has none."""
+    if name in bt.forecasts:
+        return True
+    members = combo_members(name)
+    if not all(m in bt.forecasts for m in members):
+        return False
+    bt.forecasts[name] = [np.mean(fs, axis=0) for fs in zip(*(bt.forecasts[m] for m in members), strict=True)]
+    return True
+
+
+def combinations_of(candidates, combine: int) -> list[tuple[str, ...]]:
+    from itertools import combinations
+
+    cands = tuple(dict.fromkeys(candidates))
+    return [c for k in range(1, max(1, combine) + 1) for c in combinations(cands, k)]
+
+
+def backtest_summary(bt: Backtest, candidates, combine: int = 3) -> dict[str, tuple[float, float]]:
+    """One series' share of the pooled choice: for every family and every equal-weight mean of
+    up to ``combine`` candidates, (sum of absolute errors, sum of absolute actuals) over the
+    backtest folds. Sums add up over series, so a distributed job can reduce them with ``+``
+    and hand the totals to ``pooled_choice``. Forecasts are clipped at zero for a non-negative
+    series, as the served forecasts are."""
+    if not bt.folds:
+        return {}
+    a = np.concatenate(bt.actuals)
+    ok = np.isfinite(a)
+    nonneg = bool((a[ok] >= 0).all())
+    avail = {f: np.concatenate(bt.forecasts[f]) for f in dict.fromkeys(candidates) if f in bt.forecasts}
+    if nonneg:
+        avail = {f: np.maximum(v, 0.0) for f, v in avail.items()}
+    act = float(np.abs(a[ok]).sum())
+    out = {}
+    for members in combinations_of([f for f in candidates if f in avail], combine):
+        f = np.mean([avail[m] for m in members], axis=0)
+        out[combo_name(members)] = (float(np.abs(a[ok] - f[ok]).sum()), act)
+    return out
+
+
+def add_summaries(total: dict, summary: dict) -> dict:
+    """``total`` += ``summary`` (the reduce step of the pooled choice), plus a series count."""
+    for k, (e, a) in summary.items():
+        te, ta, n = total.get(k, (0.0, 0.0, 0))
+        total[k] = (te + e, ta + a, n + 1)
+    return total
+
+
+def pooled_choice(total: dict, min_share: float = 0.95) -> tuple[str, ...]:
+    """The dataset-level choice: the family or combination with the lowest WAPE pooled over every
+    series' backtest folds (``total``: the sums of ``backtest_summary`` by ``add_summaries``).
+    Only choices backtested on at least ``min_share`` of the series that have the most count
+    (a family that fails on many series is not chosen for all of them). Ties go to fewer members."""
+    if not total:
+        return ()
+    most = max(n for _, _, n in total.values())
+    scored = {k: e / a for k, (e, a, n) in total.items() if n >= min_share * most and a > 0}
+    if not scored:
+        return ()
+    best = min(scored, key=lambda k: (round(scored[k], 12), len(combo_members(k)), k))
+    return combo_members(best)
+
+
+def choose_with_prior(
+    bt: Backtest, candidates: tuple[str, ...], prior: tuple[str, ...], margin: float, metric: str
+) -> tuple[str, str] | None:
+    """Shrink toward the dataset-level choice ``prior``: a series keeps it unless one of its
+    candidate families has a backtest ``metric`` lower by more than ``margin`` (relative).
+    None when the prior cannot be scored on this series (a member failed)."""
+    name = combo_name(prior)
+    if not add_combination(bt, name):
+        return None
+    own = bt.pooled(name, metric)
+    if not np.isfinite(own):
+        return None
+    scores = {f: bt.pooled(f, metric) for f in candidates if f in bt.forecasts and not is_combo(f)}
+    scores = {f: v for f, v in scores.items() if np.isfinite(v)}
+    n = len(bt.folds)
+    if scores:
+        best = min(scores, key=lambda f: (scores[f], cost_rank(f)))
+        if best != name and scores[best] < own * (1 - margin):
+            return best, (
+                f"own backtest {metric} {scores[best]:.4g} beats the dataset choice {name} ({own:.4g}) "
+                f"by more than {margin:.0%} over {n} folds"
+            )
+        runner = f" (best own family: {best} {scores[best]:.4g})" if best != name else ""
+        return name, f"dataset choice: backtest {metric} {own:.4g} over {n} folds{runner}"
+    return name, f"dataset choice: backtest {metric} {own:.4g} over {n} folds"
+
+
 @dataclass
 class CandidateFits:
     """What training one series produced: backtest, champion, holdout scores and calibration."""
@@ -410,6 +565,8 @@ class CandidateFits:
         out: dict[str, float] = {"backtest.folds": float(len(self.backtest.folds))}
         metrics = dict.fromkeys(("wape", "mase", self.spec.metric))
         for fam in self.backtest.forecasts:
+            if is_combo(fam):  # registry tag keys stay family names
+                continue
             for m in metrics:
                 out[f"backtest.{fam}.{m}"] = self.backtest.pooled(fam, m)
         return out
@@ -436,7 +593,7 @@ class CandidateFits:
         else:
             final = _fit_or_combine(family, history, spec.fit_context, self.final_fits, init=first.warm_start)
             self.final_fits[family] = final
-        model = {"family": family, "model": final.to_dict()}
+        model = {"family": "ensemble" if is_combo(family) else family, "model": final.to_dict()}
         z = NormalDist().inv_cdf(0.5 + spec.interval_coverage / 2)
         actual = self.test["y"].to_numpy(dtype=np.float64)
         if spec.interval_method == "conformal":
@@ -467,9 +624,21 @@ class CandidateFits:
                         for m in dict.fromkeys(("wape", "mase", spec.metric))
                     }
                     for fam in self.backtest.forecasts
+                    if not is_combo(fam)
                 },
                 "failed": dict(self.backtest.errors),
             }
+            if spec.prior:
+                model["selection"]["dataset_choice"] = combo_name(spec.prior)
+            if is_combo(self.champion):
+                model["selection"]["combination"] = {
+                    "members": list(combo_members(self.champion)),
+                    "weights": {k: _round(v) for k, v in combo_weights(self.champion, spec.fit_context).items()},
+                    "backtest": {
+                        m: _round(self.backtest.pooled(self.champion, m))
+                        for m in dict.fromkeys(("wape", "mase", spec.metric))
+                    },
+                }
         return model
 
 
@@ -484,7 +653,19 @@ def _ensemble_members(ctx: FitContext) -> tuple[str, ...]:
 
 
 def _fit_or_combine(name: str, frame: pd.DataFrame, ctx: FitContext, fitted: dict, init: dict | None = None):
-    """Fit ``name`` on ``frame``; the ensemble reuses members already fitted on the same frame."""
+    """Fit ``name`` on ``frame``; the ensemble reuses members already fitted on the same frame.
+    A combination (``a+b``) is one flat EnsembleModel over its base families (``combo_weights``),
+    each fitted once (or reused from ``fitted``) and warm-started from ``init[family]``."""
+    if is_combo(name):
+        from mm_platform.forecasting.families import EnsembleModel
+
+        weights = combo_weights(name, ctx)
+        models = []
+        for m in weights:
+            if m not in fitted:
+                fitted[m] = get_family(m).fit(frame, ctx, init=(init or {}).get(m))
+            models.append(fitted[m])
+        return EnsembleModel(models, np.asarray(list(weights.values()), dtype=np.float64))
     if name == "ensemble":
         members = _ensemble_members(ctx)
         if all(m in fitted for m in members):
@@ -494,25 +675,51 @@ def _fit_or_combine(name: str, frame: pd.DataFrame, ctx: FitContext, fitted: dic
     return get_family(name).fit(frame, ctx, init=init)
 
 
+def _warm_for(name: str, warm: dict[str, dict] | None) -> dict | None:
+    """The warm start of ``name`` from the previous model's (a combination was stored as an
+    ensemble: its warm start is per base family)."""
+    warm = warm or {}
+    if not is_combo(name):
+        return warm.get(name)
+    return {**(warm.get("ensemble") or {}), **{f: v for f, v in warm.items() if f != "ensemble"}}
+
+
 def fit_candidates(
-    history: pd.DataFrame, spec: TrainSpec, every: bool = False, warm: dict[str, dict] | None = None
+    history: pd.DataFrame,
+    spec: TrainSpec,
+    every: bool = False,
+    warm: dict[str, dict] | None = None,
+    external: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> CandidateFits:
     """Backtest, select, fit on the training window and score the holdout.
 
     ``history`` is regularized. With ``every`` (used by the accuracy report) every candidate
     gets its holdout fit, not just the champion, so each can be turned into an artifact.
     ``warm`` (family -> parameters of the series' previous model) warm-starts holdout fits.
+    ``external`` supplies backtest forecasts computed elsewhere (see ``run_backtest``).
     """
     train, test = history.iloc[: -spec.holdout], history.iloc[-spec.holdout :]
     ctx = spec.fit_context
     if spec.family == AUTO:
         candidates = tuple(dict.fromkeys(spec.candidates))
-        bt = run_backtest(train, spec, candidates, spec.folds)
-        if bt.folds:
+        prior = tuple(spec.prior)
+        tested = tuple(dict.fromkeys((*candidates, *(m for m in prior if m not in candidates))))
+        bt = run_backtest(train, spec, tested, spec.folds, external)
+        picked = None
+        if bt.folds and prior:
+            picked = choose_with_prior(bt, candidates, prior, spec.prior_margin, spec.metric)
+        if picked is not None:
+            champion, reason = picked
+        elif bt.folds:
             champion, reason = choose(bt, candidates, spec.metric, spec.tie_tolerance, spec.fallback)
+            if prior:
+                reason = f"dataset choice {combo_name(prior)} not backtested here; " + reason
+        elif prior:
+            champion, reason = combo_name(prior), "series too short to backtest: the dataset choice"
         else:
             champion, reason = spec.fallback, "series too short to backtest: fallback family"
-        todo = [f for f in candidates if f in bt.forecasts or not bt.folds] if every else [champion]
+        todo = [f for f in candidates if f in bt.forecasts or not bt.folds] if every else []
+        todo = list(dict.fromkeys([*todo, champion]))
     else:
         candidates = (spec.family,)
         n = spec.backtest_folds if spec.interval_method == "conformal" else 0
@@ -520,10 +727,11 @@ def fit_candidates(
         champion, reason, todo = spec.family, "", [spec.family]
     actual = test["y"].to_numpy(dtype=np.float64)
     holdout_forecasts, holdout_metrics, first_fits = {}, {}, {}
-    todo = sorted(todo, key=lambda f: f == "ensemble")  # members first: the ensemble reuses their fits
+    # Members first: the ensemble and combinations reuse their fits.
+    todo = sorted(todo, key=lambda f: f == "ensemble" or is_combo(f))
     for name in todo:
         try:
-            first = _fit_or_combine(name, train, ctx, first_fits, init=(warm or {}).get(name))
+            first = _fit_or_combine(name, train, ctx, first_fits, init=_warm_for(name, warm))
         except Exception:
             if name == champion or not every:
                 raise
@@ -552,6 +760,16 @@ def future_dates(last_ds: str, horizon: int, freq: str) -> np.ndarray:
     step = np.timedelta64(7 if freq == "W" else 1, "D")
     start = np.datetime64(last_ds, "D")
     return start + step * np.arange(1, horizon + 1)
+
+
+def periods_after(last_ds: str, origin: str | None, freq: str) -> int:
+    """Whole periods from a model's last date to ``origin`` (0 when ``origin`` is not later):
+    a kept production model forecasts that many extra periods, so what it publishes starts
+    after the run date, not after the day it was trained."""
+    if origin is None:
+        return 0
+    days = int((np.datetime64(origin, "D") - np.datetime64(last_ds, "D")).astype(int))
+    return max(0, days // (7 if freq == "W" else 1))
 
 
 def forecast_arrays(

@@ -33,6 +33,11 @@ class PreparedModel:
 
     def __init__(self, artifact: dict):
         self.fitted = load_model(artifact)
+        prepare = getattr(self.fitted, "prepare", None)
+        if prepare is not None:
+            # The global family: its shared model is read and sha256-checked now, once per
+            # process (a bounded cache of shared models), so a bad one fails the load (503).
+            prepare()
         self.family = str(artifact["family"])
         self.freq = str(artifact.get("freq", "D"))
         self.step_days = 7 if self.freq == "W" else 1

@@ -13,7 +13,7 @@ from pyspark.sql import types as T
 
 from mm_platform.config import DatasetConfig
 from mm_platform.core.vocabulary import SCORED, SCORING_FAILED, SCORING_SKIPPED
-from mm_platform.forecasting.series import forecast_arrays, future_regressor_values
+from mm_platform.forecasting.series import forecast_arrays, future_regressor_values, periods_after
 
 PREDICTION_FIELDS = [
     ("series_id", T.StringType()),
@@ -28,13 +28,18 @@ PREDICTION_FIELDS = [
 SCORING_STATUS_FIELDS = [("status", T.StringType()), ("reason", T.StringType()), ("prediction_rows", T.LongType())]
 
 
-def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool, future_json: str | None = None):
+def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool, future_json: str | None = None,
+                       origin: str | None = None):
     """One series' forecast arrays, or the reason it could not be forecast (never raises).
-    ``future_json``: the series' known future regressor values, if the source has them."""
+    ``future_json``: the series' known future regressor values, if the source has them.
+    ``origin``: the run date; the ``horizon`` periods after it are forecast even when the
+    model was trained on data ending earlier (a production model kept over several runs)."""
     try:
         model = json.loads(model_json)
-        regressors = future_regressor_values(model, horizon, json.loads(future_json) if isinstance(future_json, str) else None)
-        ds, yhat, lo, hi = forecast_arrays(model, horizon, regressors, nonnegative=nonnegative)
+        gap = periods_after(model["last_ds"], origin, model.get("freq", "D"))
+        n = horizon + gap
+        regressors = future_regressor_values(model, n, json.loads(future_json) if isinstance(future_json, str) else None)
+        ds, yhat, lo, hi = (a[gap:] for a in forecast_arrays(model, n, regressors, nonnegative=nonnegative))
     except Exception as exc:  # one bad model fails its series only
         return None, f"forecast raised {type(exc).__name__}: {str(exc)[:300]}"
     if not (np.isfinite(yhat).all() and np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -42,11 +47,27 @@ def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool, future_
     return (ds, yhat, lo, hi), None
 
 
-def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[str]):
+def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[str], shared_texts: list[str] | None = None,
+              origin: str | None = None):
     value_cols = ("ds", "yhat", "yhat_lower", "yhat_upper")
     meta_cols = (*keys, "series_id", "model_name", "model_version")
 
     def score(batches):
+        installed = []
+        try:
+            if shared_texts:
+                # The global family's shared models, verified in the driver, once per task.
+                from mm_platform.forecasting.global_lgbm import install_shared_texts
+
+                installed = install_shared_texts(shared_texts)
+            yield from score_batches(batches)
+        finally:
+            if installed:
+                from mm_platform.forecasting.global_lgbm import forget_shared
+
+                forget_shared(installed)
+
+    def score_batches(batches):
         # Numpy per series, one DataFrame per Arrow batch: no pandas round trip per series.
         for pdf in batches:
             cols: dict[str, list] = {c: [] for c in value_cols}
@@ -61,7 +82,7 @@ def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[st
                     report.append(ident | {"status": SCORING_SKIPPED, "reason": "not in the run date's training set",
                                            "prediction_rows": 0})
                     continue
-                arrays, why = forecast_or_reason(row.model_json, horizon, nonnegative, row.future_regressors)
+                arrays, why = forecast_or_reason(row.model_json, horizon, nonnegative, row.future_regressors, origin)
                 if arrays is None:
                     report.append(ident | {"status": SCORING_FAILED, "reason": why, "prediction_rows": 0})
                     continue
@@ -111,14 +132,16 @@ class ScoredSeries:
     report: pd.DataFrame  # keys, series_id, model_name, model_version, status, reason, prediction_rows
 
 
-def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFrame, cfg: DatasetConfig) -> ScoredSeries:
-    """Forecast ``cfg.horizon`` periods for every series that has a production model and is
+def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFrame, cfg: DatasetConfig,
+                 shared_texts: list[str] | None = None, origin: str | None = None) -> ScoredSeries:
+    """Forecast ``cfg.horizon`` periods (after ``origin``, the run date, when given) for every series that has a production model and is
     ``present`` in the run date's data (keys and series_id, see ``training_set_series``), with
     one report row per series: scored, failed (with the reason: one bad model never fails the
     others) or skipped (no production model, or no data).
 
     ``models`` holds keys, series_id, model_name, model_version, the verified model JSON and
     optionally ``future_regressors`` (JSON of the series' known future regressor values).
+    ``shared_texts``: the verified shared models (global family) the models refer to.
     The join of models and data is done here, in pandas (one row per series), so the Spark
     job is one stage without a shuffle, sliced over the cluster's cores.
     """
@@ -160,7 +183,7 @@ def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFram
         + [T.StructField(n, t) for n, t in SCORING_STATUS_FIELDS]
     )
     result = spark.createDataFrame(todo, schema=todo_schema).mapInPandas(
-        _score_fn(keys, cfg.horizon, True, out_schema.fieldNames()), schema=out_schema
+        _score_fn(keys, cfg.horizon, True, out_schema.fieldNames(), shared_texts, origin), schema=out_schema
     ).toPandas()
     is_report = result["status"].notna()
     predictions = result.loc[~is_report, [*keys, *(n for n, _ in PREDICTION_FIELDS)]].reset_index(drop=True)

@@ -6,6 +6,7 @@ each task (``train_buckets``), or any Spark DataFrame grouped by series (``train
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -84,11 +85,14 @@ def read_previous_model(ref: tuple[str, str] | None) -> dict | None:
 
 
 def _train_row_fn(
-    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None
+    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
+    shared=None,
 ):
     """One series' result row. ``known`` maps series id -> fingerprint of its registered model: a series whose data
     has not changed is not refitted (daily incremental retraining). ``previous`` maps series
-    id -> (artifact URI, sha256) of that model: a changed series' fit is warm-started from it."""
+    id -> (artifact URI, sha256) of that model: a changed series' fit is warm-started from it.
+    ``shared`` (``spark.global_train.SharedSetup``): the global family's shared models, whose
+    per-series options each series' fit gets (the models are installed by the caller)."""
     known = known or {}
     previous = previous or {}
 
@@ -100,7 +104,12 @@ def _train_row_fn(
                     "n_obs": int(pdf["y"].notna().sum()), "last_date": str(pd.to_datetime(pdf["ds"]).max().date()),
                     "fingerprint": known[sid], **dict.fromkeys(METRICS), "fit_seconds": 0.0, "model_json": ""}
             return row
-        r = train_series(pdf, spec, previous=read_previous_model(previous.get(sid)))
+        s = spec
+        if shared is not None:
+            from mm_platform.forecasting.global_lgbm import FAMILY as GLOBAL
+
+            s = replace(spec, options={**(spec.options or {}), GLOBAL: shared.options(pdf, keys)})
+        r = train_series(pdf, s, previous=read_previous_model(previous.get(sid)))
         row = {k: pdf[k].iloc[0] for k in keys}
         row |= {
             "series_id": pdf["series_id"].iloc[0],
@@ -119,16 +128,27 @@ def _train_row_fn(
 
 
 def _train_group_fn(
-    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None
+    spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
+    shared=None,
 ):
     """One series' result row as a DataFrame (``applyInPandas``)."""
-    train_row = _train_row_fn(spec, keys, known, previous)
-    return lambda pdf: pd.DataFrame([train_row(pdf)])
+    train_row = _train_row_fn(spec, keys, known, previous, shared)
+    installed = []
+
+    def train_group(pdf):
+        if shared is not None and not installed:
+            # Once per task; replaces the models an earlier task left in this reused worker.
+            from mm_platform.forecasting.global_lgbm import install_shared_texts
+
+            installed.extend(install_shared_texts(shared.texts, replace=True))
+        return pd.DataFrame([train_row(pdf)])
+
+    return train_group
 
 
 def train_grouped(
     training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None, known: dict[str, str] | None = None,
-    previous: dict[str, tuple[str, str]] | None = None,
+    previous: dict[str, tuple[str, str]] | None = None, shared=None,
 ) -> pd.DataFrame:
     """One model per series of any training-set DataFrame (``groupBy(keys).applyInPandas``);
     one result row per series.
@@ -138,7 +158,7 @@ def train_grouped(
     keys = cfg.keys
     key_fields = [training_set.schema[k] for k in keys]
     schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
-    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys, known, previous), schema=schema)
+    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys, known, previous, shared), schema=schema)
     return result.toPandas()
 
 
@@ -166,17 +186,29 @@ def _read_bucket(url: str) -> pd.DataFrame:
 
 def _train_buckets_fn(
     spec: TrainSpec, keys: list[str], columns: list[str], buckets: list[str], known: dict[str, str] | None,
-    previous: dict[str, tuple[str, str]] | None, only: frozenset[str] | None,
+    previous: dict[str, tuple[str, str]] | None, only: frozenset[str] | None, shared=None,
 ):
-    train_row = _train_row_fn(spec, keys, known, previous)
+    train_row = _train_row_fn(spec, keys, known, previous, shared)
 
     def run(batches):
         from mm_platform.core.errors import UserError, one_line
 
+        installed = []
         try:
+            if shared is not None:
+                # The global family's shared models, once per task (Python workers are reused:
+                # they are dropped when the task ends).
+                from mm_platform.forecasting.global_lgbm import install_shared_texts
+
+                installed = install_shared_texts(shared.texts)
             yield from train(batches)
         except UserError as err:  # e.g. no credential on this executor: one line for the driver
             yield pd.DataFrame([dict.fromkeys(columns) | {"status": TASK_ERROR, "reason": one_line(err)}], columns=columns)
+        finally:
+            if installed:
+                from mm_platform.forecasting.global_lgbm import forget_shared
+
+                forget_shared(installed)
 
     def train(batches):
         import numpy as np
@@ -199,20 +231,21 @@ def _train_buckets_fn(
 def train_buckets(
     spark: SparkSession, buckets: list[str], key_schema: list[tuple[str, T.DataType]], rows: int, cfg: DatasetConfig,
     spec: TrainSpec | None = None, known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
-    only_series: list[str] | None = None,
+    only_series: list[str] | None = None, shared=None,
 ) -> pd.DataFrame:
     """``train_grouped`` without its shuffle, for a training set already bucketed by series
     (a series is in one bucket): each Spark task reads whole bucket folders (``buckets``,
     local paths or fsspec URLs its workers can open) and trains every series in them. ``key_schema``: the keys'
     Spark types; ``rows``: the set's row count (it sets the task count). Same rows as
-    ``train_grouped``, sorted by series id."""
+    ``train_grouped``, sorted by series id. ``shared``: the global family's shared models
+    (``spark.global_train``)."""
     spec = spec or train_spec(cfg)
     keys = cfg.keys
     schema = T.StructType([T.StructField(k, t) for k, t in key_schema] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
     if not buckets:
         return pd.DataFrame(columns=schema.fieldNames())
     only = frozenset(only_series) if only_series is not None else None
-    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, known, previous, only)
+    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, known, previous, only, shared)
     # Each task takes a contiguous run of bucket indices; as many tasks as the data needs
     # (at most spark.sql.shuffle.partitions, as the groupBy path has).
     result = spark.range(0, len(buckets), 1, task_count(spark, len(buckets), rows)).mapInPandas(fn, schema=schema).toPandas()

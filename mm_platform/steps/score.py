@@ -94,6 +94,42 @@ def production_models_frame(cfg: DatasetConfig, production: RegistryReader) -> t
     return pd.DataFrame(rows), problems
 
 
+def shared_models(models: pd.DataFrame, problems: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """The global family's shared models the production models refer to, each read and
+    checked against its sha256 once here (not once per series): their texts go to the scoring
+    tasks with the job. A series whose shared model cannot be read or fails its check joins
+    ``problems`` (failed, with the reason) and leaves ``models``."""
+    from mm_platform.forecasting.global_lgbm import shared_refs
+    from mm_platform.stores.artifacts import read_verified
+
+    if not len(models):
+        return models, []
+    refs: dict[str, list[tuple[str, str | None]]] = {}  # series -> (sha256, uri) of its shared models
+    for sid, text in zip(models["series_id"], models["model_json"], strict=True):
+        if '"shared_sha256"' in text:
+            refs[sid] = [(str(r["shared_sha256"]), r.get("shared_uri")) for r in shared_refs(json.loads(text))]
+    texts: dict[str, str] = {}
+    failed: dict[str, str] = {}  # sha256 -> why
+    for sha, uri in {ref for rs in refs.values() for ref in rs}:
+        if sha in texts or sha in failed:
+            continue
+        try:
+            if not uri:
+                raise ValueError("the model does not say where its shared model is stored")
+            texts[sha] = read_verified(uri, sha, f"shared global model {sha[:12]}").decode()
+        except Exception as exc:  # noqa: BLE001 - fails the series that use it only
+            failed[sha] = f"{type(exc).__name__}: {exc}"
+    bad = {sid: next(failed[sha] for sha, _ in rs if sha in failed) for sid, rs in refs.items()
+           if any(sha in failed for sha, _ in rs)}
+    if bad:
+        gone = models[models["series_id"].isin(bad)]
+        for r in gone.to_dict("records"):
+            problems.append({**{k: r[k] for k in r if k not in ("model_json", "future_regressors")},
+                             "reason": "shared model: " + bad[r["series_id"]]})
+        models = models[~models["series_id"].isin(bad)].reset_index(drop=True)
+    return models, list(texts.values())
+
+
 def score_and_write(
     spark, lake: Lake, cfg: DatasetConfig, run_date: date, production: RegistryReader, warehouse: ReportStore, run_id: str
 ) -> ScoringOutcome:
@@ -106,12 +142,14 @@ def score_and_write(
     ``scoring`` error threshold the same is written, then ``ErrorThresholdExceeded`` is raised.
     """
     models, problems = production_models_frame(cfg, production)
+    models, shared_texts = shared_models(models, problems)
     # ingest.on_missing_series: stop_scoring skips series deleted at the source (docs/ingestion.md).
     stopped = stopped_series(cfg, lake)
     models = models[~models["series_id"].isin(stopped)] if stopped and len(models) else models
     problems = [p for p in problems if p.get("series_id") not in stopped]
     models = with_future_regressors(models, lake.read_future(cfg.source.table, run_date) if cfg.columns.regressors else None, cfg)
-    scored = score_series(spark, models, training_set_store(lake, cfg).series(run_date), cfg)
+    scored = score_series(spark, models, training_set_store(lake, cfg).series(run_date), cfg, shared_texts=shared_texts,
+                          origin=str(run_date))
     # Each prediction and report row says which tier of model made it (one model per series).
     tiers = dict(zip(models["series_id"], models["tier"], strict=True)) if len(models) else {}
     tiers |= {p["series_id"]: p["tier"] for p in problems}

@@ -19,6 +19,8 @@ from mm_platform.core.vocabulary import (
     TAG_ALGORITHM,
     TAG_CHAMPION,
     TAG_DATASET,
+    TAG_DATASET_CHOICE,
+    TAG_DRIFT_REFIT,
     TAG_FINGERPRINT,
     TAG_N_OBS,
     TAG_RUN_DATE,
@@ -34,6 +36,7 @@ from mm_platform.core.vocabulary import (
     metric_tag,
     model_name,
 )
+from mm_platform.spark.global_train import train_with_shared
 from mm_platform.steps.interfaces import Registry, ReportStore
 from mm_platform.steps.thresholds import ErrorThresholdExceeded, threshold_exceeded
 from mm_platform.stores.lake import Lake
@@ -52,6 +55,8 @@ def _selection_tags(model_json: str) -> dict[str, str]:
     if not sel:
         return {}
     tags = {TAG_CHAMPION: str(sel.get("champion", "")), TAG_SELECTION_REASON: str(sel.get("reason", ""))[:5000]}
+    if sel.get("dataset_choice"):
+        tags[TAG_DATASET_CHOICE] = str(sel["dataset_choice"])
     for family, metrics in (sel.get("backtest") or {}).items():
         for m, v in (metrics or {}).items():
             tags[backtest_tag(family, m)] = format_metric(v) if isinstance(v, int | float) else str(v)
@@ -69,12 +74,13 @@ class TrainingOutcome:
 
 def register_model_set(
     results: pd.DataFrame, cfg: DatasetConfig, registry: Registry, run_date: date, run_id: str,
-    latest: dict[str, RegisteredModel] | None = None,
+    latest: dict[str, RegisteredModel] | None = None, force: set[str] | frozenset[str] = frozenset(),
 ) -> TrainingOutcome:
     """Register every trained series' model in the training registry, except where the
     newest registered version already has the same data fingerprint and algorithm (a rerun
     creates no duplicate versions). ``latest`` is ``registry.latest_by_series`` when the
-    caller already has it."""
+    caller already has it. Series in ``force`` (refits drift asked for) are registered even
+    with an unchanged fingerprint, tagged ``drift_refit``."""
     if latest is None:
         latest = registry.latest_by_series(cfg.name)
     report = results.drop(columns=["model_json"]).copy()
@@ -103,7 +109,8 @@ def register_model_set(
                 metrics[m][pos] = np.nan if v is None else v
             status[pos] = TRAINED
             continue
-        if prev and prev.tags.get(TAG_FINGERPRINT) == r["fingerprint"] and prev.tags.get(TAG_ALGORITHM) == cfg.algorithm.name:
+        forced = r["series_id"] in force
+        if not forced and prev and prev.tags.get(TAG_FINGERPRINT) == r["fingerprint"] and prev.tags.get(TAG_ALGORITHM) == cfg.algorithm.name:
             names[pos], versions[pos], registration[pos] = prev.name, prev.version, UNCHANGED
             continue
         tags = {
@@ -118,6 +125,8 @@ def register_model_set(
             **{metric_tag(m): format_metric(r[m]) for m in METRICS},
         }
         tags |= _selection_tags(r["model_json"])
+        if forced:
+            tags[TAG_DRIFT_REFIT] = str(run_date)
         entries.append((name, r["model_json"].encode(), tags))
         rows.append(pos)
     registered = registry.register_many(entries, run_name=f"{cfg.name}-model-set-{run_date}", run_tags={"run_date": str(run_date), "dagster_run_id": run_id})
@@ -151,21 +160,41 @@ def train_and_register(
     """The model_set step: train every series of the run date's training set (or only
     ``only_series``), check the error threshold, register, and write the training report."""
     # Series whose data did not change keep their registered model (same algorithm only);
-    # the others' fits start from that model's parameters (warm start).
+    # the others' fits start from that model's parameters (warm start). Series that
+    # realized-accuracy drift asked to refit are fitted afresh whatever their data: this
+    # run's training report consumes the request (Warehouse.refit_requests), and a rerun of
+    # the run date does not refit again (its version carries the drift_refit tag).
     latest = registry.latest_by_series(cfg.name)
-    same = {sid: mv for sid, mv in latest.items() if mv.tags.get(TAG_ALGORITHM) == cfg.algorithm.name}
+    refit = {sid for sid in warehouse.refit_requests()
+             if sid not in latest or latest[sid].tags.get(TAG_DRIFT_REFIT) != str(run_date)}
+    if only_series is not None:
+        refit &= set(only_series)
+    same = {sid: mv for sid, mv in latest.items() if mv.tags.get(TAG_ALGORITHM) == cfg.algorithm.name and sid not in refit}
     known = {sid: mv.tags.get(TAG_FINGERPRINT, "") for sid, mv in same.items()}
     previous = {sid: (mv.source, mv.tags.get(TAG_SHA256, "")) for sid, mv in same.items()}
-    results = training_set_store(lake, cfg).train(spark, run_date, known=known, previous=previous, only_series=only_series)
+    # (with the global family: its shared models are fitted and stored first, spark/global_train.py)
+    results = train_with_shared(spark, training_set_store(lake, cfg), cfg, run_date, registry, run_id,
+                                known=known, previous=previous, only_series=only_series)
     try:
         check_error_threshold(results, cfg)
     except ErrorThresholdExceeded:
         report = results.drop(columns=["model_json"]).assign(algorithm=cfg.algorithm.name, training_run_id=run_id)
         _write_report(warehouse, run_date, report, only_series)
         raise
-    outcome = register_model_set(results, cfg, registry, run_date, run_id, latest)
+    outcome = register_model_set(results, cfg, registry, run_date, run_id, latest, force=refit)
+    _mark_refits(outcome.report, refit)
     _write_report(warehouse, run_date, outcome.report, only_series)
     return outcome
+
+
+def _mark_refits(report: pd.DataFrame, refit: set[str]) -> None:
+    """Say in the training report which series were refitted because drift asked."""
+    if not refit or not len(report):
+        return
+    mask = report["series_id"].isin(refit) & (report["registration"] == REGISTERED)
+    note = "refit requested by realized-accuracy drift (drift_log)"
+    reason = report["reason"].astype(object)
+    report["reason"] = reason.where(~mask, [f"{r}; {note}" if isinstance(r, str) and r else note for r in reason])
 
 
 def _write_report(warehouse: ReportStore, run_date: date, report: pd.DataFrame, only_series: list[str] | None) -> None:

@@ -353,9 +353,11 @@ class ModelRegistry:
         run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=run_tags)
         try:
             with tempfile.TemporaryDirectory() as tmp:
+                entries = self._with_own_shared(entries, run.info.artifact_uri, Path(tmp, "shared"))
+                Path(tmp, "models").mkdir()
                 for name, data, _ in entries:
-                    Path(tmp, f"{name}.json").write_bytes(data)
-                self.client.log_artifacts(run.info.run_id, tmp, artifact_path="models")
+                    Path(tmp, "models", f"{name}.json").write_bytes(data)
+                self.client.log_artifacts(run.info.run_id, tmp)
             prepared = [
                 (name, f"{run.info.artifact_uri}/models/{name}.json", {**tags, TAG_SHA256: sha256(data)})
                 for name, data, tags in entries
@@ -376,6 +378,69 @@ class ModelRegistry:
         except Exception:
             self.client.set_terminated(run.info.run_id, "FAILED")
             raise
+
+    # -- shared artifacts (the global family's shared model) ----------------------------------
+    #
+    # A per-series model of the global family refers to one shared artifact (the LightGBM model
+    # of all series, or of its group) by location and sha256. The shared artifact is stored once
+    # per training run in the registry's own artifact store (``store_shared``), and a registry
+    # never depends on another one's store: registering per-series models that refer to a
+    # shared artifact elsewhere (promotion copies training's models into production) copies
+    # the shared artifact once, verified, into this registry's run and points them at the copy.
+
+    def store_shared(self, texts: list[str], run_name: str, run_tags: dict) -> dict[str, str]:
+        """Store shared artifacts (each text once, named by its sha256) in one MLflow run of
+        this registry's experiment; ``{sha256: artifact URI}``."""
+        self._check_writable()
+        if not texts:
+            return {}
+        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=run_tags)
+        try:
+            out = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for text in texts:
+                    data = text.encode()
+                    sha = sha256(data)
+                    Path(tmp, f"{sha}.json").write_bytes(data)
+                    out[sha] = f"{run.info.artifact_uri}/shared/{sha}.json"
+                self.client.log_artifacts(run.info.run_id, tmp, artifact_path="shared")
+            self.client.set_terminated(run.info.run_id, "FINISHED")
+            return out
+        except Exception:
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            raise
+
+    def _owns(self, uri: str) -> bool:
+        root = self.artifact_root if "://" in self.artifact_root else Path(self.artifact_root).resolve().as_uri()
+        return uri.startswith(root.rstrip("/") + "/")
+
+    def _with_own_shared(self, entries, run_artifact_uri: str, folder: Path):
+        """``entries`` with every shared-artifact reference pointing into this registry: a
+        referenced shared artifact stored elsewhere is read (sha256-verified) once and written
+        to ``folder`` (logged as the run's ``shared/``)."""
+        from mm_platform.forecasting.global_lgbm import shared_refs
+
+        copied: dict[str, str] = {}
+        out = []
+        for name, data, tags in entries:
+            if b'"shared_sha256"' not in data:
+                out.append((name, data, tags))
+                continue
+            artifact = json.loads(data)
+            refs = [r for r in shared_refs(artifact) if r.get("shared_uri") and not self._owns(r["shared_uri"])]
+            if not refs:
+                out.append((name, data, tags))
+                continue
+            for ref in refs:
+                sha = str(ref["shared_sha256"])
+                if sha not in copied:
+                    blob = read_verified(ref["shared_uri"], sha, f"shared model {sha[:12]} of {name}")
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / f"{sha}.json").write_bytes(blob)
+                    copied[sha] = f"{run_artifact_uri}/shared/{sha}.json"
+                ref["shared_uri"] = copied[sha]
+            out.append((name, json.dumps(artifact, separators=(",", ":")).encode(), tags))
+        return out
 
     def _sql_store(self):
         from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
