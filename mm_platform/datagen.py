@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -21,6 +22,17 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_END_DATE = date(2025, 12, 31)
+
+
+@dataclass(frozen=True)
+class LevelShift:
+    """A structural break for ``retail_daily``: from ``start`` on, the demand of ``items`` (in
+    ``stores``, or every store) is ``factor`` times what it would have been (tests of drift)."""
+
+    start: date
+    factor: float
+    items: tuple[int, ...]
+    stores: tuple[int, ...] | None = None
 
 
 def holiday_flags(dates: pd.DatetimeIndex) -> np.ndarray:
@@ -38,11 +50,13 @@ def iter_sales_chunks(
     end_date: date = DEFAULT_END_DATE,
     stores_per_chunk: int = 1,
     future_days: int = 0,
+    level_shift: LevelShift | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Yield the sales table in chunks of whole stores (columns: date, store, item, units, price, promo, holiday).
 
     ``future_days`` > 0 adds that many days after ``end_date`` with planned prices,
     promotions and holidays but no units (NULL): the regressors' known future values.
+    ``level_shift`` multiplies some series' demand from a date on (a structural break).
     """
     if stores < 1 or items < 1 or days < 1 or future_days < 0:
         raise ValueError(f"stores, items and days must be positive (got {stores}, {items}, {days}, future_days {future_days})")
@@ -87,6 +101,9 @@ def iter_sales_chunks(
             level = base[:, None] * store_size * np.exp(trend[:, None] * t[None, :])
             price_effect = (price / list_price[:, None]) ** (-elasticity[:, None])
             lam = level * week * year * price_effect * (1 + promo_lift[:, None] * promo) * (1 + 0.5 * hol[None, :])
+            if level_shift is not None and (level_shift.stores is None or store + 1 in level_shift.stores):
+                shifted = np.isin(np.arange(1, items + 1), level_shift.items)[:, None] & (dates >= pd.Timestamp(level_shift.start))[None, :]
+                lam = np.where(shifted, lam * level_shift.factor, lam)
             units = rng.poisson(np.maximum(lam, 0.0)).astype(np.float64)
             units[:, history_days:] = np.nan  # the future: planned regressors, no sales yet
             alive = t[None, :] >= launch[:, None]
@@ -108,10 +125,12 @@ def iter_sales_chunks(
 
 
 def generate_sales(
-    stores: int, items: int, days: int, seed: int = 42, end_date: date = DEFAULT_END_DATE, future_days: int = 0
+    stores: int, items: int, days: int, seed: int = 42, end_date: date = DEFAULT_END_DATE, future_days: int = 0,
+    level_shift: LevelShift | None = None,
 ) -> pd.DataFrame:
     """The whole table in memory (small datasets and tests)."""
-    return pd.concat(list(iter_sales_chunks(stores, items, days, seed, end_date, future_days=future_days)), ignore_index=True)
+    chunks = iter_sales_chunks(stores, items, days, seed, end_date, future_days=future_days, level_shift=level_shift)
+    return pd.concat(list(chunks), ignore_index=True)
 
 
 # --- weekly, price-driven revenue (two keys) -------------------------------------------------
@@ -275,12 +294,15 @@ def iter_weekly_multikey_chunks(
 
 
 def iter_dataset_chunks(
-    kind: str, first: int, second: int, periods: int, seed: int = 42, end_date: date = DEFAULT_END_DATE, future: int = 0
+    kind: str, first: int, second: int, periods: int, seed: int = 42, end_date: date = DEFAULT_END_DATE, future: int = 0,
+    level_shift: LevelShift | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Chunks of a generated dataset of ``kind`` (``KINDS``): ``first`` x ``second`` series
     (stores x items, regions x products, regions x SKUs) of ``periods`` days or weeks."""
+    if level_shift is not None and kind != "retail_daily":
+        raise ValueError(f"level_shift is implemented for retail_daily only, not {kind!r}")
     if kind == "retail_daily":
-        return iter_sales_chunks(first, second, periods, seed, end_date, future_days=future)
+        return iter_sales_chunks(first, second, periods, seed, end_date, future_days=future, level_shift=level_shift)
     if kind == "price_weekly":
         return iter_price_weekly_chunks(first, second, periods, seed, end_date, future_weeks=future)
     if kind == "weekly_multikey":
@@ -313,6 +335,7 @@ def write_sales(
     progress=None,
     future_days: int = 0,
     kind: str = "retail_daily",
+    level_shift: LevelShift | None = None,
 ) -> int:
     """Replace ``table`` in the database at ``url`` with a generated dataset of ``kind``
     (default the daily retail sales; for the weekly kinds ``stores`` x ``items`` are regions x
@@ -321,7 +344,7 @@ def write_sales(
 
     from mm_platform.stores.sql import create_engine
 
-    chunks = iter_dataset_chunks(kind, stores, items, days, seed, end_date, future_days)
+    chunks = iter_dataset_chunks(kind, stores, items, days, seed, end_date, future_days, level_shift=level_shift)
     date_col = DATE_COLUMNS[kind]
     engine = create_engine(url)
     quoted = engine.dialect.identifier_preparer.quote(table)  # MySQL reads "x" as a string

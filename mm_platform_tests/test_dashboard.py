@@ -228,7 +228,8 @@ def test_pages_stay_small_and_fast_with_10000_series(big):
     with TestClient(create_app(cfg)) as client:
         for url in ["/", "/series", "/series?q=item%3D7", f"/series?sid={_sid(1, 1)}", "/series/list?q=store%3D3&page=4",
                     "/promotions", "/promotions?action=rejected&q=store%3D2&page=3", "/api/series?q=item=7",
-                    "/api/promotions?action=promoted", "/api/overview", f"/api/series/detail?sid={_sid(1, 1)}", "/healthz"]:
+                    "/api/promotions?action=promoted", "/api/overview", f"/api/series/detail?sid={_sid(1, 1)}", "/healthz",
+                    "/accuracy", "/api/accuracy"]:
             started = time.perf_counter()
             resp = client.get(url)
             elapsed = time.perf_counter() - started
@@ -255,8 +256,118 @@ def test_pages_explain_an_empty_warehouse(tmp_path):
     cfg = load_config(write_config(tmp_path))
     with TestClient(create_app(cfg)) as client:
         assert "no BI views" in client.get("/").text
-        for url in ["/series", "/series?q=x", "/promotions", "/api/series", "/api/overview"]:
+        assert "No realized accuracy yet" in client.get("/accuracy").text
+        assert client.get("/api/accuracy").json() == {"tier": None, "q": "", "run_dates": [], "drift": []}
+        for url in ["/series", "/series?q=x", "/promotions", "/api/series", "/api/overview", "/accuracy?tier=fallback"]:
             assert client.get(url).status_code == 200, url
+
+
+# -- realized accuracy over time ---------------------------------------------------------------------
+
+ACC_FIRST = date(2025, 12, 1)
+ACC_DAYS = 14
+
+
+@pytest.fixture(scope="module")
+def realized(tmp_path_factory):
+    """forecast_accuracy and drift_log rows for four series over 14 forecast run dates, computed by
+    the platform's own realized-accuracy function from known forecasts and actuals and written
+    through the Warehouse API; item 4 is fallback-covered, item 2 degrades and is flagged."""
+    from mm_platform.steps.accuracy import realized_accuracy
+
+    home = tmp_path_factory.mktemp("dash_realized")
+    cfg = load_config(write_config(home, horizon=7))
+    wh = Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys)
+    rng = np.random.default_rng(11)
+    days = pd.date_range(pd.Timestamp(ACC_FIRST) - pd.Timedelta(days=7), pd.Timestamp(ACC_FIRST) + pd.Timedelta(days=ACC_DAYS + 7))
+    actual = pd.concat([pd.DataFrame({"series_id": _sid(1, i), "ds": days, "y": 10.0 * i + rng.poisson(3, len(days))})
+                        for i in (1, 2, 3, 4)], ignore_index=True)
+    forecasts = []
+    for k in range(ACC_DAYS):
+        run = pd.Timestamp(ACC_FIRST) + pd.Timedelta(days=k)
+        for i in (1, 2, 3, 4):
+            ds = pd.date_range(run + pd.Timedelta(days=1), periods=7)
+            drift = 1 + (0.05 * k if i == 2 else 0.0)
+            forecasts.append(pd.DataFrame({"run_date": run, "series_id": _sid(1, i), "ds": ds, "yhat": 10.0 * i * drift + 3,
+                                           "yhat_lower": 10.0 * i, "yhat_upper": 10.0 * i + 6,
+                                           "model_name": f"retail.store_1.item_{i}", "model_version": 1,
+                                           "tier": "fallback" if i == 4 else "champion"}))
+    forecasts = pd.concat(forecasts, ignore_index=True)
+    # As of the last run date: later forecast dates have no actual yet.
+    rows = realized_accuracy(forecasts, actual[actual["ds"] <= forecasts["run_date"].max()], 7, 1)
+    rows["estimated_wape"] = [None if sid == _sid(1, 3) else 0.1 * int(sid[-1]) for sid in rows["series_id"]]
+    run_dates = sorted(rows["run_date"].unique())
+    wh.replace_run_dates("forecast_accuracy", rows, run_dates)
+    last = run_dates[-1]
+    flag = pd.DataFrame([{"run_date": last, "series_id": _sid(1, 2), "model_name": "retail.store_1.item_2", "model_version": 1,
+                          "window_start": last, "pairs": 20, "realized_wape": 0.4, "estimated_wape": 0.2, "naive_wape": 0.15,
+                          "factor": 1.5, "reasons": "realized wape 0.4000 > 1.5 x promotion-time wape 0.2000", "actions": "refit",
+                          "decided_at": datetime(2026, 1, 1)}])
+    wh.replace_run_dates("drift_log", flag, [last])
+    wh.dispose()
+    q = DashboardQueries(cfg)
+    yield home, cfg, q, rows
+    q.dispose()
+
+
+def _pooled(rows: pd.DataFrame) -> dict:
+    est = rows.dropna(subset=["estimated_wape"])
+    return {"series": len(rows), "pairs": int(rows["pairs"].sum()), "wape": rows["abs_error"].sum() / rows["actual_sum"].sum(),
+            "naive_wape": rows["naive_abs_error"].sum() / rows["actual_sum"].sum(),
+            "estimated_wape": (est["estimated_wape"] * est["actual_sum"]).sum() / est["actual_sum"].sum(),
+            "bias": rows["error_sum"].sum() / rows["actual_sum"].sum(),
+            "interval_coverage": rows["inside"].sum() / rows["pairs"].sum(), "fallback_series": int((rows["tier"] == "fallback").sum())}
+
+
+def test_accuracy_over_time_pools_in_sql(realized):
+    _, _, q, rows = realized
+    by_date = {str(d): g for d, g in rows.groupby("run_date")}
+    for tier, search, sub in (("", "", rows), ("fallback", "", rows[rows["tier"] == "fallback"]),
+                              ("", "item=2", rows[rows["series_id"] == _sid(1, 2)]), ("nonsense", "", rows)):
+        got = q.accuracy_over_time(tier=tier if tier != "nonsense" else "", q=search)
+        expected = {str(d): _pooled(g) for d, g in sub.groupby("run_date")}
+        assert [r["run_date"] for r in got] == sorted(expected)  # oldest first
+        for r in got:
+            for k, v in expected[r["run_date"]].items():
+                assert r[k] == pytest.approx(v), (tier, search, r["run_date"], k)
+    assert len(by_date) == ACC_DAYS - 1  # the last run date has no actual after it yet
+    assert [r["run_date"] for r in q.accuracy_over_time(limit=3)] == sorted(by_date)[-3:]
+    # Item 2 degrades: its realized WAPE grows with the run date; the others stay near their level.
+    item2 = [r["wape"] for r in q.accuracy_over_time(q="item=2")]
+    assert item2[-1] > 3 * item2[0]
+    flags = q.drift_flags()
+    assert [(f["series_id"], f["actions"]) for f in flags] == [(_sid(1, 2), "refit")]
+    assert q.drift_flags(q="item=1") == []
+
+
+def test_accuracy_page_over_http(realized):
+    from fastapi.testclient import TestClient
+
+    from mm_platform.dashboard.app import create_app
+
+    _, cfg, q, rows = realized
+    with TestClient(create_app(cfg)) as client:
+        page = client.get("/accuracy")
+        assert page.status_code == 200
+        html = page.text
+        assert 'id="fig-accuracy"' in html and 'id="fig-coverage"' in html and 'class="active">Accuracy over time' in html
+        run_dates = sorted({str(d) for d in rows["run_date"]})
+        assert re.findall(r'data-run-date="([0-9-]+)"', html) == run_dates[::-1]  # newest first
+        assert re.findall(r'<tr data-series="([^"]+)"', html) == [_sid(1, 2)]  # the drift flag
+        newest = q.accuracy_over_time()[-1]
+        assert re.search(r'id="kpi-realized">([0-9.]+)<', html).group(1) == f"{newest['wape']:.3f}"
+        assert re.search(r'id="kpi-estimate">([0-9.]+)<', html).group(1) == f"{newest['estimated_wape']:.3f}"
+        # The figure carries the pooled numbers: realized, estimate, naive.
+        import json
+
+        fig = json.loads(re.search(r'id="fig-accuracy-data">(.*?)</script>', html, re.S).group(1))
+        assert [t["name"] for t in fig["data"]] == ["realized", "holdout estimate at promotion", "seasonal naive (realized)"]
+        assert fig["data"][0]["x"] == run_dates and fig["data"][0]["y"] == pytest.approx([r["wape"] for r in q.accuracy_over_time()])
+        fallback = client.get("/accuracy?tier=fallback").text
+        assert 'option value="fallback" selected' in fallback and "fallback tier" in fallback
+        api = client.get("/api/accuracy", params={"tier": "champion", "q": "item=1"}).json()
+        assert api["tier"] == "champion" and len(api["run_dates"]) == len(run_dates) and api["drift"] == []
+        assert api["run_dates"][0]["wape"] == pytest.approx(q.accuracy_over_time(tier="champion", q="item=1")[0]["wape"])
 
 
 def test_cli_has_the_dashboard_command():
@@ -329,6 +440,12 @@ def served(browser_tools, small_dataset, spark):
         "production": set(wh.read("SELECT DISTINCT series_id FROM v_latest_predictions")["series_id"]),
     }
     wh.dispose()
+    base, proc, log = _dashboard(home, path)
+    yield base, cfg, expected
+    _stop(proc, log)
+
+
+def _dashboard(home: Path, path: Path):
     port = _free_port()
     log = open(home / "dashboard.log", "w")  # closed at teardown
     proc = subprocess.Popen(
@@ -336,12 +453,17 @@ def served(browser_tools, small_dataset, spark):
         env={**os.environ, "MM_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
+    _wait_healthy(base, proc, log, home)
+    return base, proc, log
+
+
+def _wait_healthy(base: str, proc, log, home: Path) -> None:
     deadline = time.time() + 60
     while True:
         try:
             with urllib.request.urlopen(f"{base}/healthz", timeout=2) as resp:
                 if resp.status == 200:
-                    break
+                    return
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
@@ -349,7 +471,9 @@ def served(browser_tools, small_dataset, spark):
             log.close()
             pytest.fail("the dashboard did not start:\n" + (home / "dashboard.log").read_text())
         time.sleep(0.3)
-    yield base, cfg, expected
+
+
+def _stop(proc, log) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)
@@ -360,6 +484,11 @@ def served(browser_tools, small_dataset, spark):
 
 @pytest.fixture(scope="module")
 def browser(served):
+    yield from _chrome()
+
+
+def _chrome():
+    """A headless Chromium (selenium) for one module's browser tests."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -494,3 +623,32 @@ def test_browser_promotion_log_filters(browser, served):
     rows = browser.execute_script(rows_js)
     assert rows and all(a == "rejected" and s.startswith("store=2,") for a, s in rows)
     assert _console_errors(browser) == []
+
+
+def test_browser_accuracy_page_draws_and_filters(browser_tools, realized):
+    """The accuracy-over-time page in a real Chromium, on the realized-accuracy warehouse (no Spark)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    home, _, q, rows = realized
+    base, proc, log = _dashboard(home, home / "config.yaml")
+    driver = _chrome()
+    browser = next(driver)
+    try:
+        browser.get(base + "/accuracy")
+        _wait(browser, lambda d: {"fig-accuracy", "fig-coverage"} <= set(_plots(d)), what="the accuracy charts")
+        plots = _plots(browser)
+        n = rows["run_date"].nunique()
+        assert plots["fig-accuracy"]["traces"] == 3 and plots["fig-accuracy"]["points"] == [n, n, n]
+        assert plots["fig-accuracy"]["drawn"] > 0 and plots["fig-coverage"]["points"][0] == n
+        assert browser.find_element(By.ID, "kpi-drift").text == "1"
+        _screenshot(browser, "accuracy")
+        Select(browser.find_element(By.ID, "accuracy-tier")).select_by_value("fallback")
+        _wait(browser, lambda d: "tier=fallback" in d.current_url, what="the tier filter")
+        _wait(browser, lambda d: "fig-accuracy" in _plots(d), what="the filtered chart")
+        wape = browser.execute_script("return document.getElementById('fig-accuracy').data[0].y")
+        assert wape == pytest.approx([r["wape"] for r in q.accuracy_over_time(tier="fallback")])
+        assert _console_errors(browser) == []
+    finally:
+        next(driver, None)
+        _stop(proc, log)

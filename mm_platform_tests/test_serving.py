@@ -477,3 +477,38 @@ def test_metrics_endpoint(servers):
                  "mm_serving_cache_bytes", "mm_serving_model_load_seconds_bucket"):
         assert name in text
     assert re.search(r'mm_serving_request_seconds_count\{method="POST",route="/v1/forecast",status="200"\} [1-9]', text)
+
+
+def test_fallback_covered_series_are_served_and_say_their_tier(servers, prod):
+    """Promotion gives a series with no passing model a fitted fallback in the production
+    registry (as the platform does, docs/accuracy.md); the service answers for it and says the
+    tier and why, beside champions (untagged models promoted before tiers: champions)."""
+    import json
+
+    from mm_platform.core.vocabulary import TAG_TIER, TAG_TIER_REASON, TIER_CHAMPION, TIER_FALLBACK
+    from mm_platform.steps.promote import promote
+    from mm_platform_tests.fakes import FakeHistories, FakeRegistry, FakeWarehouse
+
+    keys = keys_of(3, 1)
+    history = generate_sales(1, 1, 200, seed=8).assign(store=3, item=1, series_id="store=3,item=1")
+    history = history.rename(columns={"date": "ds", "units": "y"})
+    run = pd.Timestamp(history["ds"].max()).date()
+    out = promote(prod.cfg, run, FakeRegistry(), prod.registry, FakeWarehouse(), FakeHistories(history, prod.cfg.keys),
+                  decided_by="test")
+    assert out.coverage_counts()[TIER_FALLBACK] == 1
+    mv = prod.registry.find(prod.cfg.name, "store=3,item=1")
+    assert mv.tags[TAG_TIER] == TIER_FALLBACK
+
+    r = servers.main.forecast(keys, horizon=7)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tier"] == TIER_FALLBACK and body["tier_reason"] == mv.tags[TAG_TIER_REASON]
+    assert body["tier_reason"].startswith("fallback: ") and "no model passed the promotion rules" in body["tier_reason"]
+    assert body["model"] == {"name": model_name("retail", keys), "version": mv.version, "algorithm": mv.tags["algorithm"]}
+    assert_forecast_equals_artifact(body, json.loads(prod.registry.read_artifact(mv)), 7)
+    info = servers.main.client.get("/v1/models/" + quote("store=3,item=1", safe="")).json()
+    assert info["tier"] == TIER_FALLBACK and info["tier_reason"] == body["tier_reason"]
+    batch = servers.main.client.post("/v1/forecast/batch", json={"items": [{"keys": keys}, {"keys": keys_of(2, 2)}]}).json()
+    assert [(i["status"], i["forecast"]["tier"]) for i in batch["results"]] == [(200, TIER_FALLBACK), (200, TIER_CHAMPION)]
+    champion = servers.main.forecast(keys_of(2, 1)).json()
+    assert champion["tier"] == TIER_CHAMPION and champion["tier_reason"] is None

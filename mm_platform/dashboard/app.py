@@ -1,5 +1,5 @@
-"""The dashboard's FastAPI application: three server-rendered pages (overview, series
-explorer, promotion log), an HTML fragment for the explorer's live search, small JSON
+"""The dashboard's FastAPI application: four server-rendered pages (overview, series
+explorer, promotion log, accuracy over time), an HTML fragment for the explorer's live search, small JSON
 endpoints, and plotly.js served from the installed plotly package."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 
 from mm_platform.config import DatasetConfig
 from mm_platform.dashboard import figures
-from mm_platform.dashboard.queries import SERIES_SORTS, DashboardQueries
+from mm_platform.dashboard.queries import SERIES_SORTS, TIERS, DashboardQueries
 from mm_platform.stores.sql import redact
 
 HERE = Path(__file__).parent
@@ -264,5 +264,26 @@ def create_app(cfg: DatasetConfig, token: str | None = None) -> FastAPI:
         facets = q.promotion_facets()
         run_date = run_date if run_date in facets["run_dates"] else ""
         return JSONResponse(jsonable_encoder(q.promotion_page(action=action, q=q_, run_date=run_date, page=page, size=size).as_dict()))
+
+    # -- realized accuracy over time ---------------------------------------------------------
+
+    def _accuracy(tier: str, q_: str) -> tuple[str, list[dict], list[dict]]:
+        tier = tier if tier in TIERS else ""
+        return tier, q.accuracy_over_time(tier=tier, q=q_), q.drift_flags(q=q_)
+
+    @app.get("/accuracy", response_class=HTMLResponse)
+    def accuracy(request: Request, tier: str = "", q_: str = Query("", alias="q")):
+        tier, rows, flags = _accuracy(tier, q_)
+        scope = " · ".join(filter(None, [f"{tier} tier" if tier else "", f"series matching {q_!r}" if q_ else ""])) or "all series"
+        figs = {"wape": figures.to_json(figures.accuracy_over_time(rows, scope)),
+                "coverage": figures.to_json(figures.interval_coverage_over_time(rows, cfg.algorithm.interval_coverage))}
+        return render(request, "accuracy.html", active="accuracy", title="Accuracy over time", rows=rows[::-1],
+                      latest=rows[-1] if rows else None, flags=flags, figs=figs, tier=tier, tiers=TIERS, q=q_,
+                      drift=cfg.accuracy.drift, views=q.available())
+
+    @app.get("/api/accuracy")
+    def api_accuracy(tier: str = "", q_: str = Query("", alias="q")):
+        tier, rows, flags = _accuracy(tier, q_)
+        return JSONResponse(jsonable_encoder({"tier": tier or None, "q": q_, "run_dates": rows, "drift": flags}))
 
     return app

@@ -226,3 +226,47 @@ def series_forecast(history: pd.DataFrame, forecast: list[dict], title: str = ""
         ]},
     )
     return fig
+
+
+def accuracy_over_time(rows: list[dict], title_scope: str = "all series") -> go.Figure:
+    """Realized WAPE of the forecasts published on each run date against the holdout WAPE the
+    models were promoted on, and seasonal naive's realized WAPE over the same dates."""
+    title = "Realized WAPE per forecast run date"
+    if not rows:
+        return _empty(title, "no realized accuracy yet: actuals for forecast dates arrive after the run")
+    xs = [r["run_date"] for r in rows]
+    custom = [[r["series"], r["pairs"]] for r in rows]
+    fig = go.Figure()
+    fig.add_scatter(x=xs, y=[r["wape"] for r in rows], mode="lines+markers", name="realized", line={"color": OURS, "width": 2},
+                    customdata=custom,
+                    hovertemplate="%{x}<br>realized WAPE %{y:.3f}<br>%{customdata[0]} series, %{customdata[1]} forecast/actual pairs"
+                                  "<extra>realized</extra>")
+    fig.add_scatter(x=xs, y=[r["estimated_wape"] for r in rows], mode="lines", name="holdout estimate at promotion",
+                    line={"color": ACTUALS, "dash": "dash", "width": 1.5},
+                    hovertemplate="%{x}<br>holdout WAPE %{y:.3f}<extra>promotion-time estimate</extra>")
+    fig.add_scatter(x=xs, y=[r["naive_wape"] for r in rows], mode="lines+markers", name="seasonal naive (realized)",
+                    line={"color": NAIVE, "width": 1.5}, marker={"size": 5},
+                    hovertemplate="%{x}<br>seasonal naive WAPE %{y:.3f}<extra>seasonal naive</extra>")
+    sub = f"{title_scope} · estimate: holdout WAPE at promotion, weighted by actuals"
+    _layout(fig, title, subtitle=sub, yaxis_title="WAPE", hovermode="x unified")
+    fig.update_xaxes(type="category", title="forecast run date")
+    fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def interval_coverage_over_time(rows: list[dict], nominal: float | None) -> go.Figure:
+    """Share of actuals inside the published interval per forecast run date, against the nominal coverage."""
+    title = "Interval coverage per forecast run date"
+    if not rows:
+        return _empty(title, "no realized accuracy yet", height=300)
+    xs = [r["run_date"] for r in rows]
+    fig = go.Figure()
+    fig.add_scatter(x=xs, y=[r["interval_coverage"] for r in rows], mode="lines+markers", name="realized",
+                    line={"color": OURS}, hovertemplate="%{x}<br>%{y:.1%} of actuals inside<extra></extra>")
+    if nominal:
+        fig.add_scatter(x=xs, y=[nominal] * len(xs), mode="lines", name=f"nominal {nominal:.0%}",
+                        line={"color": "#6b7280", "dash": "dash", "width": 1}, hoverinfo="skip")
+    _layout(fig, title, height=300, yaxis_title="share inside the interval")
+    fig.update_xaxes(type="category", title="forecast run date")
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+    return fig

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from mm_platform.config import DatasetConfig
-from mm_platform.core.vocabulary import METRICS, TRAINED
+from mm_platform.core.vocabulary import METRICS, TIER_CHAMPION, TIER_FALLBACK, TRAINED
 from mm_platform.stores.lake import Lake
 from mm_platform.stores.sql import create_engine
 
-VIEWS = ("v_series_accuracy", "v_latest_predictions", "v_promotion_log", "v_run_summary", "v_scoring_report")
+VIEWS = ("v_series_accuracy", "v_latest_predictions", "v_promotion_log", "v_run_summary", "v_scoring_report",
+         "v_forecast_accuracy", "v_drift_log")
 ACCURACY_COLUMNS = (
     "dataset", "run_date", "series_id", "status", "reason", "n_obs", "last_date", *METRICS,
     "fit_seconds", "algorithm", "model_name", "model_version", "registration", "training_run_id",
@@ -41,6 +42,16 @@ RUN_COLUMNS = (
     "dataset", "run_date", "series", "trained", "skipped", "failed", "promoted", "prediction_rows",
     "median_wape", "median_mape", "median_naive_wape", "share_beating_naive",
 )
+# v_forecast_accuracy: realized accuracy per series and forecast run date (stores.warehouse).
+REALIZED_COLUMNS = (
+    "dataset", "run_date", "series_id", "tier", "model_name", "model_version", "pairs", "actual_sum", "abs_error",
+    "error_sum", "inside", "naive_abs_error", "wape", "naive_wape", "estimated_wape",
+)
+DRIFT_COLUMNS = (
+    "dataset", "run_date", "series_id", "model_name", "model_version", "window_start", "pairs", "realized_wape",
+    "estimated_wape", "naive_wape", "factor", "reasons", "actions", "decided_at",
+)
+TIERS = (TIER_CHAMPION, TIER_FALLBACK)
 SERIES_SORTS = {"keys": "partition keys", "wape_desc": "worst WAPE first", "wape_asc": "best WAPE first"}
 MAX_PAGE_SIZE = 200
 METRIC_CAP = 2.0  # histograms put everything above 200 % error into their last bin
@@ -155,6 +166,8 @@ class DashboardQueries:
         self.promo = sa.table("v_promotion_log", *[sa.column(c) for c in PROMOTION_COLUMNS])
         self.runs_view = sa.table("v_run_summary", *[sa.column(c) for c in RUN_COLUMNS])
         self.scoring = sa.table("v_scoring_report", *[sa.column(c) for c in ("dataset", "run_date", "status")])
+        self.realized = sa.table("v_forecast_accuracy", *[sa.column(c) for c in REALIZED_COLUMNS])
+        self.drift = sa.table("v_drift_log", *[sa.column(c) for c in DRIFT_COLUMNS])
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -450,3 +463,49 @@ class DashboardQueries:
             .where(pl.c.dataset == self.dataset, pl.c.run_date >= date.fromisoformat(dates[-1]))
             .group_by(pl.c.run_date, pl.c.action).order_by(pl.c.run_date, pl.c.action)
         )
+
+    # -- realized accuracy over time -------------------------------------------------------------
+
+    def accuracy_over_time(self, tier: str = "", q: str = "", limit: int = 180) -> list[dict]:
+        """Per forecast run date (the newest ``limit``, oldest first), pooled in SQL over the
+        series matching ``tier`` and ``q``: realized WAPE, bias and interval coverage of the
+        published forecasts, seasonal naive's realized WAPE, and the holdout WAPE the models were
+        promoted on, weighted by each series' actuals (the pooled WAPE if every model did as
+        well as on its holdout)."""
+        if "v_forecast_accuracy" not in self.available():
+            return []
+        a = self.realized
+        where = [a.c.dataset == self.dataset, *search_conditions(a.c.series_id, q, self.keys)]
+        if tier in TIERS:
+            where.append(a.c.tier == tier)
+        actual = sa.func.sum(a.c.actual_sum)
+        with_estimate = sa.func.sum(sa.case((a.c.estimated_wape.isnot(None), a.c.actual_sum)))
+
+        def ratio(num, den):
+            return sa.cast(num, sa.Float) / sa.func.nullif(den, 0)
+
+        stmt = (
+            sa.select(
+                a.c.run_date, sa.func.count().label("series"), sa.func.sum(a.c.pairs).label("pairs"),
+                ratio(sa.func.sum(a.c.abs_error), actual).label("wape"),
+                ratio(sa.func.sum(a.c.naive_abs_error), actual).label("naive_wape"),
+                ratio(sa.func.sum(a.c.estimated_wape * a.c.actual_sum), with_estimate).label("estimated_wape"),
+                ratio(sa.func.sum(a.c.error_sum), actual).label("bias"),
+                ratio(sa.func.sum(a.c.inside), sa.func.sum(a.c.pairs)).label("interval_coverage"),
+                sa.func.sum(sa.case((a.c.tier == TIER_FALLBACK, 1), else_=0)).label("fallback_series"),
+            )
+            .where(*where).group_by(a.c.run_date).order_by(a.c.run_date.desc()).limit(limit)
+        )
+        rows = self._rows(stmt)[::-1]
+        for r in rows:
+            r["run_date"] = str(r["run_date"])[:10]
+        return rows
+
+    def drift_flags(self, q: str = "", limit: int = 50) -> list[dict]:
+        """The newest ``limit`` drift flags (v_drift_log), with the numbers and actions taken."""
+        if "v_drift_log" not in self.available():
+            return []
+        d = self.drift
+        where = [d.c.dataset == self.dataset, *search_conditions(d.c.series_id, q, self.keys)]
+        return self._rows(sa.select(*[d.c[c] for c in DRIFT_COLUMNS if c != "dataset"]).where(*where)
+                          .order_by(d.c.run_date.desc(), d.c.series_id).limit(limit))

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from mm_platform.config import DatasetConfig
-from mm_platform.core.vocabulary import series_id
+from mm_platform.core.vocabulary import TAG_TIER, TAG_TIER_REASON, TIER_CHAMPION, series_id
 from mm_platform.serving.cache import Entry, ModelCache, ModelUnavailable, Overloaded, SeriesNotFound
 from mm_platform.serving.metrics import ServingMetrics
 from mm_platform.serving.model import ForecastInputError
@@ -80,6 +80,12 @@ def _floats(a: np.ndarray) -> list:
     if np.isfinite(a).all():
         return a.tolist()
     return [v if np.isfinite(v) else None for v in a.tolist()]
+
+
+def _tier(tags: dict[str, str]) -> dict:
+    """The production model's coverage tier (champion / fallback) and why it was chosen
+    (models promoted before tiers existed are champions)."""
+    return {"tier": tags.get(TAG_TIER) or TIER_CHAMPION, "tier_reason": tags.get(TAG_TIER_REASON) or None}
 
 
 def _errors(exc: ValidationError | RequestValidationError, prefix: list) -> list[dict]:
@@ -265,6 +271,7 @@ def create_app(cfg: DatasetConfig, settings: ServingSettings | None = None, sour
             "keys": entry.keys,
             "model": {"name": entry.model.name, "version": entry.model.version,
                       "algorithm": entry.model.tags.get("algorithm", prepared.family)},
+            **_tier(entry.model.tags),
             "freq": prepared.freq,
             "horizon": req.horizon,
             "start": dates[0],
@@ -382,7 +389,7 @@ def create_app(cfg: DatasetConfig, settings: ServingSettings | None = None, sour
                 metric_values[k.removeprefix("metric.")] = value if np.isfinite(value) else None
         return _json({
             "series_id": sid, "keys": keys, "name": model.name, "version": model.version,
-            "algorithm": model.tags.get("algorithm"), "metrics": metric_values, "tags": model.tags,
+            "algorithm": model.tags.get("algorithm"), **_tier(model.tags), "metrics": metric_values, "tags": model.tags,
             "cached": entry is not None,
         })
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, create_model, field_validator
 
+from mm_platform.core.vocabulary import TIER_CHAMPION, TIER_FALLBACK
+
 KeyType = Literal["int", "str", "any"]
 KeyText = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^,=\s]+(?:[^,=]*[^,=\s])?$")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -138,10 +140,17 @@ class ModelRef(BaseModel):
     algorithm: str
 
 
+Tier = Literal[TIER_CHAMPION, TIER_FALLBACK]
+TIER_DESCRIPTION = ("champion: the series' own model passed the promotion rules; fallback: it did not, and the "
+                    "promotion's fallback chain chose this model (docs/accuracy.md)")
+
+
 class ForecastResponse(BaseModel):
     series_id: str = Field(examples=["store=3,item=17"])
     keys: dict[str, str]
     model: ModelRef
+    tier: Tier = Field(description=TIER_DESCRIPTION)
+    tier_reason: str | None = Field(None, description="why promotion chose this model (its tier_reason tag)")
     freq: Literal["D", "W"]
     horizon: int
     start: str
@@ -169,6 +178,8 @@ class ModelInfo(BaseModel):
     name: str
     version: int
     algorithm: str | None
+    tier: Tier = Field(description=TIER_DESCRIPTION)
+    tier_reason: str | None = None
     metrics: dict[str, float | None]
     tags: dict[str, str]
     cached: bool

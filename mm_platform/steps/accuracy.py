@@ -39,7 +39,10 @@ class AccuracyOutcome:
 def actuals(lake: Lake, cfg: DatasetConfig, first: date, last: date) -> pd.DataFrame:
     """``series_id, ds, y`` of the lake's raw table between ``first`` and ``last`` (inclusive)."""
     cols = cfg.columns
-    raw = lake.read_raw(cfg.source.table, columns=[*cols.keys, cols.date, cols.target])
+    # Only the window's rows are read (Parquet statistics skip the other months): the driver's
+    # memory follows the window, not the table's history (issue #18).
+    window = [(cols.date, ">=", pd.Timestamp(first)), (cols.date, "<", pd.Timestamp(last) + pd.Timedelta(days=1))]
+    raw = lake.read_raw(cfg.source.table, columns=[*cols.keys, cols.date, cols.target], filters=window)
     if not len(raw):
         return pd.DataFrame(columns=["series_id", "ds", "y"])
     ds = pd.to_datetime(raw[cols.date]).dt.normalize()
@@ -189,7 +192,8 @@ def act_on_drift(cfg: DatasetConfig, as_of: date, rows: pd.DataFrame, production
 
     ``rollback``: back to the previous production version when its realized WAPE (pooled over
     the evaluated window) was better; ``refit``: recorded in ``drift_log`` as a request the
-    next training run reads with ``Warehouse.refit_requests``."""
+    next training run honours (``Warehouse.refit_requests``, ``steps.train.train_and_register``),
+    and promotion then judges the refit without the drifting model's estimate."""
     d = cfg.accuracy.drift
     if not d.enabled:
         return pd.DataFrame()

@@ -34,6 +34,7 @@ from mm_platform.core.vocabulary import (
     REJECTED,
     TAG_ALGORITHM,
     TAG_CHAMPION,
+    TAG_DRIFT_REFIT,
     TAG_N_OBS,
     TAG_PROMOTED_AT,
     TAG_PROMOTION_RUN_DATE,
@@ -115,6 +116,7 @@ def promote(
     rows, already = [], 0
     entries, logged = [], []  # (name, data, tags) to register; the log row of each entry
     failed_rules: dict[str, str] = {}  # series whose candidate was rejected: why
+    drifting: set[str] = set()  # drift refits rejected: the drifting production model is not kept
     now = datetime.now(UTC).replace(tzinfo=None)
     for sid, cand in sorted(candidates.items()):
         prod = current.get(sid)
@@ -122,7 +124,10 @@ def promote(
             already += 1
             continue
         metrics = {m: cand.metric(m) for m in METRICS}
-        prod_metrics = {"wape": prod.metric("wape")} if prod else None
+        # A refit drift asked for is not held to the production model's promotion-time WAPE:
+        # realized accuracy has shown that estimate no longer holds (docs/accuracy.md).
+        drift_refit = bool(cand.tags.get(TAG_DRIFT_REFIT))
+        prod_metrics = {"wape": prod.metric("wape")} if prod and not drift_refit else None
         d = evaluate(metrics, cfg.promotion, prod_metrics)
         row = {
             "series_id": sid,
@@ -142,6 +147,9 @@ def promote(
             logged.append(row)
         else:
             failed_rules[sid] = row["reasons"]
+            if drift_refit and prod is not None:
+                drifting.add(sid)
+                failed_rules[sid] = f"drift refit of a drifting production model: {row['reasons']}"
         rows.append(row)
     champions = {row["series_id"] for row in logged}
 
@@ -155,7 +163,7 @@ def promote(
             prod = current.get(sid)
             if sid in champions:
                 coverage[sid] = _cov(sid, TIER_CHAMPION, cand_family(candidates.get(sid)), "passed the promotion rules")
-            elif prod is not None and not _refresh(prod, run_date):
+            elif prod is not None and not _refresh(prod, run_date) and sid not in drifting:
                 coverage[sid] = _cov(sid, tier_of(prod), prod.tags.get(TAG_CHAMPION) or prod.tags.get(TAG_ALGORITHM),
                                      prod.tags.get(TAG_TIER_REASON, "current production model"), prod)
             else:
@@ -167,15 +175,12 @@ def promote(
                 why = failed_rules.get(sid) or "no model passed the promotion rules"
                 coverage[sid] = _cov(sid, NOT_FORECAST, None, f"no production model ({why}); promotion.fallback.enabled is false")
         elif need:
-            hist = histories.history(run_date, [r["series_id"] for r in need])
-            by_series = dict(tuple(hist.groupby("series_id", sort=False))) if len(hist) else {}
             from mm_platform.spark.train import train_spec  # (imports pyspark types only)
 
             spec = train_spec(cfg)
-            for r in need:
+            for r, h in _histories_in_batches(histories, run_date, need):
                 sid = r["series_id"]
                 prod = current.get(sid)
-                h = by_series.get(sid, pd.DataFrame(columns=["series_id", "ds", "y"]))
                 n = observations(h)
                 if n < cfg.min_history:
                     reason = f"{n} observations, fewer than min_history {cfg.min_history}"
@@ -218,6 +223,20 @@ def promote(
     promoted = len(champions)
     return PromotionOutcome(decisions, promoted, len(rows) - promoted, already, cov,
                             fallbacks=sum(1 for r in fallback_rows if r["action"] == FALLBACK_PROMOTED))
+
+
+HISTORY_BATCH = 10  # series whose histories the driver holds at once for fallbacks (issue #18)
+
+
+def _histories_in_batches(histories, run_date: date, need: list[dict]):
+    """``(row, history)`` of each series in ``need``, in order, read ``HISTORY_BATCH`` series
+    at a time: the driver's memory follows a batch's history, not every fallback series'."""
+    for i in range(0, len(need), HISTORY_BATCH):
+        part = need[i : i + HISTORY_BATCH]
+        hist = histories.history(run_date, [r["series_id"] for r in part])
+        by_series = dict(tuple(hist.groupby("series_id", sort=False))) if len(hist) else {}
+        for r in part:
+            yield r, by_series.get(r["series_id"], pd.DataFrame(columns=["series_id", "ds", "y"]))
 
 
 def cand_family(cand: RegisteredModel | None) -> str | None:
