@@ -83,9 +83,14 @@ def big(tmp_path_factory):
     preds["scoring_run_id"] = "s1"
     wh.replace_run("predictions", RUN, preds)
     scoring = report[["store", "item", "series_id", "model_name"]].assign(
-        status=np.where(promoted, "scored", "skipped"), reason=np.where(promoted, "", "no production model"))
+        status=np.where(promoted, "scored", "skipped"), reason=np.where(promoted, "", "no production model"),
+        tier=np.where(promoted, "champion", None))
     scoring.loc[scoring.index[promoted][:3], ["status", "reason"]] = ["failed", "forecast has non-finite values"]
     wh.replace_run("scoring_report", RUN, scoring)
+    wh.replace_run("promotion_coverage", RUN, pd.DataFrame({
+        "series_id": report["series_id"], "tier": np.where(promoted, "champion", "not_forecast"),
+        "family": "prophet", "reason": np.where(promoted, "passed the promotion rules", "no model passed the promotion rules"),
+        "model_name": report["model_name"], "production_version": np.where(promoted, 1, None)}))
     decided = report[trained]
     log = pd.DataFrame({
         "series_id": decided["series_id"], "model_name": decided["model_name"], "training_version": 2,
@@ -162,6 +167,12 @@ def test_overview_aggregates_in_sql(big):
     assert ov["latest_run"]["run_date"] == str(RUN)
     assert ov["scoring"] == {"scored": int(data["promoted"].sum()) - 3, "failed": 3,
                              "skipped": int((~data["promoted"]).sum())}
+    cov = ov["coverage"]  # the newest scoring run: forecast by tier, and not forecast with why
+    assert cov["run_date"] == str(RUN)
+    assert cov["counts"] == {"champion": int(data["promoted"].sum()) - 3, "fallback": 0,
+                             "not_forecast": int((~data["promoted"]).sum()) + 3}
+    assert len(cov["not_forecast"]) == 20 and cov["not_forecast"][0]["reason"]
+    assert [r["series_id"] for r in cov["not_forecast"]] == sorted(r["series_id"] for r in cov["not_forecast"])
     hist = q.accuracy_distribution("wape")
     assert sum(hist["ours"]) == trained.sum() == sum(hist["naive"]) and hist["nbins"] == 30
     assert hist["capped"] and hist["hi"] == 2.0
@@ -240,6 +251,7 @@ def test_pages_stay_small_and_fast_with_10000_series(big):
             print(f"{url}: {len(resp.content):,} bytes in {elapsed:.3f} s")
         html = client.get("/").text
         assert "cdn." not in html and 'src="https://' not in html and '/static/plotly.min.js' in html
+        assert 'id="kpi-coverage"' in html and "<h2>Not forecast" in html and "no model passed the promotion rules" in html
         assert client.get("/api/series?size=100000").json()["size"] == MAX_PAGE_SIZE
         js = client.get("/static/plotly.min.js")
         assert js.status_code == 200 and len(js.content) > 1_000_000 and b"plotly" in js.content[:2000].lower()

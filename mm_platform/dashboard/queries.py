@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from mm_platform.config import DatasetConfig
-from mm_platform.core.vocabulary import METRICS, TIER_CHAMPION, TIER_FALLBACK, TRAINED
+from mm_platform.core.vocabulary import METRICS, NOT_FORECAST, TIER_CHAMPION, TIER_FALLBACK, TRAINED
 from mm_platform.stores.lake import Lake
 from mm_platform.stores.sql import create_engine
 
 VIEWS = ("v_series_accuracy", "v_latest_predictions", "v_promotion_log", "v_run_summary", "v_scoring_report",
-         "v_forecast_accuracy", "v_drift_log")
+         "v_forecast_accuracy", "v_drift_log", "v_coverage")
+COVERAGE_COLUMNS = ("dataset", "run_date", "series_id", "coverage", "family", "reason")
 ACCURACY_COLUMNS = (
     "dataset", "run_date", "series_id", "status", "reason", "n_obs", "last_date", *METRICS,
     "fit_seconds", "algorithm", "model_name", "model_version", "registration", "training_run_id",
@@ -168,6 +169,7 @@ class DashboardQueries:
         self.scoring = sa.table("v_scoring_report", *[sa.column(c) for c in ("dataset", "run_date", "status")])
         self.realized = sa.table("v_forecast_accuracy", *[sa.column(c) for c in REALIZED_COLUMNS])
         self.drift = sa.table("v_drift_log", *[sa.column(c) for c in DRIFT_COLUMNS])
+        self.cov = sa.table("v_coverage", *[sa.column(c) for c in COVERAGE_COLUMNS])
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -249,6 +251,23 @@ class DashboardQueries:
         if "v_run_summary" in have:
             runs = self.runs(limit=1)
             out["latest_run"] = runs[-1] if runs else None
+        out["coverage"] = self.coverage() if "v_coverage" in have else None
+        return out
+
+    def coverage(self, limit: int = 20) -> dict:
+        """The newest scoring run's coverage (``v_coverage``): series forecast by a champion, by a
+        fallback, and not forecast, with the first ``limit`` not-forecast series and why."""
+        c = self.cov
+        mine = c.c.dataset == self.dataset
+        run_date = self._scalar(sa.select(sa.func.max(c.c.run_date)).where(mine))
+        out = {"run_date": run_date, "counts": {TIER_CHAMPION: 0, TIER_FALLBACK: 0, NOT_FORECAST: 0}, "not_forecast": []}
+        if run_date is None:
+            return out
+        newest = [mine, c.c.run_date == run_date]
+        for r in self._rows(sa.select(c.c.coverage, sa.func.count().label("n")).where(*newest).group_by(c.c.coverage)):
+            out["counts"][r["coverage"]] = int(r["n"])
+        out["not_forecast"] = self._rows(sa.select(c.c.series_id, c.c.reason).where(*newest, c.c.coverage == NOT_FORECAST)
+                                         .order_by(c.c.series_id).limit(limit))
         return out
 
     def runs(self, limit: int = 90) -> list[dict]:
