@@ -208,7 +208,6 @@ def train_with_shared(spark, store, cfg: DatasetConfig, run_date: date, registry
     if not uses_global(cfg) and not pooled:
         return store.train(spark, run_date, known=known, previous=previous, only_series=only_series)
     from mm_platform.spark.train import train_spec
-    from mm_platform.stores.training_sets import train_buckets_of
 
     spec = train_spec(cfg)
     setup = prepare_shared(spark, store, cfg, run_date, registry, spec, run_id) if uses_global(cfg) else None
@@ -219,5 +218,4 @@ def train_with_shared(spark, store, cfg: DatasetConfig, run_date: date, registry
         # data, incremental retraining) gets the current choice; unchanged ones keep their model.
         choice, _ = pooled_prior(spark, store, cfg, run_date, spec, shared=setup)
         spec = replace(spec, prior=choice)
-    return train_buckets_of(store, spark, run_date, spec=spec, known=known, previous=previous,
-                            only_series=only_series, shared=setup)
+    return store.train(spark, run_date, known=known, previous=previous, only_series=only_series, spec=spec, shared=setup)

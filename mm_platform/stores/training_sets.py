@@ -70,8 +70,11 @@ class TrainingSetStore(ABC):
 
     @abstractmethod
     def train(self, spark: SparkSession, run_date: date, known: dict[str, str] | None = None,
-              previous: dict[str, tuple[str, str]] | None = None, only_series: list[str] | None = None) -> pd.DataFrame:
-        """One model per series of the run date's set (or of ``only_series``): one result row each."""
+              previous: dict[str, tuple[str, str]] | None = None, only_series: list[str] | None = None,
+              spec=None, shared=None) -> pd.DataFrame:
+        """One model per series of the run date's set (or of ``only_series``): one result row each.
+        ``spec``: a ``TrainSpec`` other than the config's (e.g. with auto's pooled prior);
+        ``shared``: the global family's shared models (``spark.global_train.SharedSetup``)."""
 
     def _dataset(self, run_date: date):
         import pyarrow as pa
@@ -501,7 +504,7 @@ class FsspecTrainingSets(TrainingSetStore):
         fn = _read_files_fn(self.lake.url, files, schema.names)
         return spark.range(0, len(files), 1, len(files)).mapInPandas(fn, spark_schema)
 
-    def train(self, spark, run_date, known=None, previous=None, only_series=None) -> pd.DataFrame:
+    def train(self, spark, run_date, known=None, previous=None, only_series=None, spec=None, shared=None) -> pd.DataFrame:
         import pyarrow.parquet as pq
         from pyspark.sql.pandas.types import from_arrow_type
 
@@ -514,8 +517,8 @@ class FsspecTrainingSets(TrainingSetStore):
         key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in self.cfg.keys]
         rows = sum(pq.read_metadata(f, filesystem=afs).num_rows for f, _ in files)
         buckets = sorted({self.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
-        return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, known=known, previous=previous,
-                                         only_series=only_series)
+        return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, spec=spec, known=known,
+                                         previous=previous, only_series=only_series, shared=shared)
 
 
 class SparkTrainingSets(FsspecTrainingSets):
@@ -569,41 +572,14 @@ class SparkTrainingSets(FsspecTrainingSets):
                             "materialize training_sets first")
         return spark.read.parquet(self.lake.spark_uri(folder))
 
-    def train(self, spark, run_date, known=None, previous=None, only_series=None) -> pd.DataFrame:
+    def train(self, spark, run_date, known=None, previous=None, only_series=None, spec=None, shared=None) -> pd.DataFrame:
         # Spark's reader splits files as it likes, so series are grouped by a shuffle
         # (``train_grouped``): the same rows as reading whole buckets (test_training_paths.py).
         data = self.dataframe(spark, run_date)
         if only_series is not None:
             data = data.where(F.col("series_id").isin(list(only_series)))
-        result = spark_train.train_grouped(data, self.cfg, known=known, previous=previous)
+        result = spark_train.train_grouped(data, self.cfg, spec=spec, known=known, previous=previous, shared=shared)
         return result.sort_values("series_id", kind="stable").reset_index(drop=True)
-
-
-
-def train_buckets_of(store: TrainingSetStore, spark, run_date: date, spec=None, known=None, previous=None,
-                     only_series=None, shared=None) -> pd.DataFrame:
-    """``store.train`` with a given ``TrainSpec`` and the global family's shared models
-    (``spark.global_train.SharedSetup``): whole buckets per task where the store trains so,
-    else the grouped path over its DataFrame."""
-    if type(store).train is not FsspecTrainingSets.train:
-        data = store.dataframe(spark, run_date)
-        if only_series is not None:
-            data = data.where(F.col("series_id").isin(list(only_series)))
-        result = spark_train.train_grouped(data, store.cfg, spec=spec, known=known, previous=previous, shared=shared)
-        return result.sort_values("series_id", kind="stable").reset_index(drop=True)
-    import pyarrow.parquet as pq
-    from pyspark.sql.pandas.types import from_arrow_type
-
-    files = store._bucket_files(run_date)
-    if not files:
-        return pd.DataFrame(columns=[*store.cfg.keys, *(n for n, _ in spark_train.RESULT_FIELDS)])
-    afs = arrow_filesystem(store.lake.fs)
-    sample = pq.read_schema(files[0][0], filesystem=afs)
-    key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in store.cfg.keys]
-    rows = sum(pq.read_metadata(f, filesystem=afs).num_rows for f, _ in files)
-    buckets = sorted({store.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
-    return spark_train.train_buckets(spark, buckets, key_schema, rows, store.cfg, spec=spec, known=known,
-                                     previous=previous, only_series=only_series, shared=shared)
 
 
 # The name the local lake's store had before one path served every lake.
