@@ -338,7 +338,8 @@ class SparkConfig(_Strict):
     # the forecasting code (mm_platform.spark.daemon): paid once per session, not per worker.
     # Needs mm_platform installed where the executors run (as in docker/); false uses Spark's own daemon.
     preload_worker_modules: bool = True
-    # Local sessions map the JVM class archive made by `mm-platform jvm-archive` when it exists
+    # The driver JVMs this process starts (local mode, or a cluster's driver) map the JVM class
+    # archive made by `mm-platform jvm-archive` when it exists
     # (mm_platform.spark.jvm_archive): half the JVM's start-up CPU and wall time.
     jvm_class_archive: bool = True
 

@@ -43,7 +43,7 @@ class FakeRegistry:
                 out[m.series_id] = m
         return out
 
-    def aliased_by_series(self, dataset, alias=PRODUCTION_ALIAS):
+    def aliased_by_series(self, dataset, alias=PRODUCTION_ALIAS, tag_keys=None):
         return {m.series_id: m for m in self._all(dataset) if self.aliases.get(m.name) == m.version}
 
     def versions_of(self, dataset, series_id):

@@ -93,7 +93,7 @@ def test_batch_scoring_and_serving_answer_with_the_shared_model(global_run, spar
     G.forget_shared()
     out = score_and_write(spark, lake, cfg, RUN, production_registry(cfg), wh, "s1")
     assert out.scored == 8 and out.failed == 0
-    preds = out.predictions
+    preds = out.predictions.to_pandas()
     assert len(preds) == 8 * cfg.horizon and np.isfinite(preds["yhat"]).all() and (preds["yhat"] > 0).any()
     # Serving: the production source and the model cache, as the service runs them.
     from mm_platform.serving.cache import ModelCache

@@ -139,6 +139,9 @@ def test_standalone_cluster_gives_local_results(tmp_path, source, local_results)
     for i in (1, 2):
         apps = list((tmp_path / f"work{i}").glob("app-*/*/stderr"))
         assert apps, f"worker {i} ran no executor:\n{tail(tmp_path / f'worker{i}.log')}"
+        # The session's executor JVM options reached the executors (their command is the first line).
+        for a in apps:
+            assert "-XX:TieredStopAtLevel=1" in a.read_text(errors="replace").split("\n", 1)[0], a
 
 
 def test_standalone_cluster_with_the_lake_on_azurite_gives_local_results(tmp_path, source, local_results, azurite):  # noqa: F811

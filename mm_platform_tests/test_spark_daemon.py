@@ -75,8 +75,11 @@ def test_preloading_and_the_c1_jvm_are_settings():
     assert "-XX:TieredStopAtLevel=1" in local["spark.driver.extraJavaOptions"]
     off = spark_conf(SparkConfig(master="local[2]", preload_worker_modules=False))
     assert "spark.python.daemon.module" not in off
+    assert "spark.executor.extraJavaOptions" not in local  # local mode has no executor JVM
+    # On a cluster the driver's JVM and the executors' only schedule and pass Arrow batches too.
     cluster = spark_conf(SparkConfig(master="spark://host:7077"))
-    assert "TieredStopAtLevel" not in cluster["spark.driver.extraJavaOptions"]
+    assert "-XX:TieredStopAtLevel=1" in cluster["spark.driver.extraJavaOptions"]
+    assert "-XX:TieredStopAtLevel=1" in cluster["spark.executor.extraJavaOptions"]
     # A configured value wins.
     own = spark_conf(SparkConfig(master="local[2]", conf={"spark.driver.extraJavaOptions": "-Xss4m"}))
     assert own["spark.driver.extraJavaOptions"] == "-Xss4m"
@@ -127,7 +130,13 @@ def test_the_archive_option_follows_the_setting_and_the_file(tmp_path, monkeypat
     assert f"-XX:SharedArchiveFile={path}" in spark_conf(SparkConfig(master="local[2]"))["spark.driver.extraJavaOptions"]
     off = spark_conf(SparkConfig(master="local[2]", jvm_class_archive=False))
     assert "SharedArchiveFile" not in off["spark.driver.extraJavaOptions"]
-    assert "SharedArchiveFile" not in spark_conf(SparkConfig(master="spark://h:7077"))["spark.driver.extraJavaOptions"]
+    # a cluster's driver JVM is started here, from the same jars: it maps the archive too, and
+    # the executors are given its path (a host without the file ignores it)
+    cluster = spark_conf(SparkConfig(master="spark://h:7077"))
+    assert f"-XX:SharedArchiveFile={path}" in cluster["spark.driver.extraJavaOptions"]
+    assert f"-XX:SharedArchiveFile={path}" in cluster["spark.executor.extraJavaOptions"]
+    off = spark_conf(SparkConfig(master="spark://h:7077", jvm_class_archive=False))
+    assert "SharedArchiveFile" not in off["spark.executor.extraJavaOptions"]
 
 
 def test_a_failed_recording_leaves_no_archive(tmp_path, monkeypatch):

@@ -4,7 +4,10 @@ A new local session's JVM parses and verifies thousands of Spark, Arrow and Scal
 ≈ 12 core-s and 11 s before the first job, and more during the first Python jobs. Mapped from
 an archive made once per Java and pyspark install, the same start takes about half of that
 (measured with ``python -m benchmarks train``). ``mm-platform jvm-archive`` makes it (``make
-install`` runs it); local sessions use it when it exists (``spark.jvm_class_archive``).
+install`` runs it); the driver JVMs this process starts (local mode or a cluster's driver) use it
+when it exists (``spark.jvm_class_archive``), and a cluster's executors are given its path: those
+on this host map it too (their classpath puts one jar first, yet its classes load from the
+archive), a JVM on another host finds no file there and starts as usual.
 
 The archive is keyed by the Java binary and the pyspark jars (path, size, mtime), so an upgrade
 of either, or another checkout, makes a new one instead of loading a stale one; it is written

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
@@ -47,27 +49,37 @@ def forecast_or_reason(model_json: str, horizon: int, nonnegative: bool, future_
     return (ds, yhat, lo, hi), None
 
 
-def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[str], shared_texts: list[str] | None = None,
-              origin: str | None = None):
+def load_or_reason(source: str, sha: str | None, what: str):
+    """A production model's artifact, read and checked against its sha256 in the scoring
+    task, with every shared model it refers to (global family; each read and checked once per
+    Python worker, ``global_lgbm.resolve_shared``): ``(model JSON, None)`` or ``(None, why)``."""
+    from mm_platform.stores.artifacts import read_verified
+
+    try:
+        text = read_verified(source, sha, what).decode()
+    except Exception as exc:  # noqa: BLE001 - one unreadable model fails its series only
+        return None, f"production model not loaded: {type(exc).__name__}: {exc}"
+    if '"shared_sha256"' in text:
+        from mm_platform.forecasting.global_lgbm import resolve_shared, shared_refs
+
+        try:
+            for ref in shared_refs(json.loads(text)):
+                resolve_shared(str(ref["shared_sha256"]), ref.get("shared_uri"))
+        except Exception as exc:  # noqa: BLE001
+            return None, f"production model not loaded: shared model: {type(exc).__name__}: {exc}"
+    return text, None
+
+
+def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[str], origin: str | None = None):
     value_cols = ("ds", "yhat", "yhat_lower", "yhat_upper")
     meta_cols = (*keys, "series_id", "model_name", "model_version")
 
     def score(batches):
-        installed = []
-        try:
-            if shared_texts:
-                # The global family's shared models, verified in the driver, once per task.
-                from mm_platform.forecasting.global_lgbm import install_shared_texts
+        from mm_platform.forecasting.global_lgbm import forget_shared
 
-                installed = install_shared_texts(shared_texts)
-            yield from score_batches(batches)
-        finally:
-            if installed:
-                from mm_platform.forecasting.global_lgbm import forget_shared
-
-                forget_shared(installed)
-
-    def score_batches(batches):
+        # Shared models are read and verified again by each task (once per task, cached for
+        # its series), never taken from an earlier job in this reused Python worker.
+        forget_shared()
         # Numpy per series, one DataFrame per Arrow batch: no pandas round trip per series.
         for pdf in batches:
             cols: dict[str, list] = {c: [] for c in value_cols}
@@ -75,14 +87,19 @@ def _score_fn(keys: list[str], horizon: int, nonnegative: bool, columns: list[st
             report: list[dict] = []
             for row in pdf.itertuples(index=False):
                 ident = {c: getattr(row, c) for c in meta_cols}
-                if not isinstance(row.model_json, str):
+                if not isinstance(row.model_source, str):
                     report.append(ident | {"status": SCORING_SKIPPED, "reason": "no production model", "prediction_rows": 0})
                     continue
                 if not row.in_data:
                     report.append(ident | {"status": SCORING_SKIPPED, "reason": "not in the run date's training set",
                                            "prediction_rows": 0})
                     continue
-                arrays, why = forecast_or_reason(row.model_json, horizon, nonnegative, row.future_regressors, origin)
+                model_json, why = load_or_reason(row.model_source, row.model_sha256,
+                                                 f"artifact of {row.model_name} v{row.model_version}")
+                if model_json is None:
+                    report.append(ident | {"status": SCORING_FAILED, "reason": why, "prediction_rows": 0})
+                    continue
+                arrays, why = forecast_or_reason(model_json, horizon, nonnegative, row.future_regressors, origin)
                 if arrays is None:
                     report.append(ident | {"status": SCORING_FAILED, "reason": why, "prediction_rows": 0})
                     continue
@@ -128,20 +145,21 @@ def _spark_type(dtype) -> T.DataType:
 
 @dataclass
 class ScoredSeries:
-    predictions: pd.DataFrame  # keys, series_id, ds, yhat, yhat_lower, yhat_upper, model_name, model_version
+    predictions: pa.Table  # keys, series_id, ds, yhat, yhat_lower, yhat_upper, model_name, model_version
     report: pd.DataFrame  # keys, series_id, model_name, model_version, status, reason, prediction_rows
 
 
 def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFrame, cfg: DatasetConfig,
-                 shared_texts: list[str] | None = None, origin: str | None = None) -> ScoredSeries:
+                 origin: str | None = None) -> ScoredSeries:
     """Forecast ``cfg.horizon`` periods (after ``origin``, the run date, when given) for every series that has a production model and is
     ``present`` in the run date's data (keys and series_id, see ``training_set_series``), with
     one report row per series: scored, failed (with the reason: one bad model never fails the
     others) or skipped (no production model, or no data).
 
-    ``models`` holds keys, series_id, model_name, model_version, the verified model JSON and
-    optionally ``future_regressors`` (JSON of the series' known future regressor values).
-    ``shared_texts``: the verified shared models (global family) the models refer to.
+    ``models`` holds keys, series_id, model_name, model_version, the model's artifact
+    location and sha256 (``model_source``, ``model_sha256``: each task reads and verifies
+    its series' models) and optionally ``future_regressors`` (JSON of the series' known
+    future regressor values).
     The join of models and data is done here, in pandas (one row per series), so the Spark
     job is one stage without a shuffle, sliced over the cluster's cores.
     """
@@ -153,7 +171,8 @@ def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFram
             T.StructField("series_id", T.StringType()),
             T.StructField("model_name", T.StringType()),
             T.StructField("model_version", T.LongType()),
-            T.StructField("model_json", T.StringType()),
+            T.StructField("model_source", T.StringType()),
+            T.StructField("model_sha256", T.StringType()),
             T.StructField("future_regressors", T.StringType()),
         ]
     )
@@ -183,10 +202,20 @@ def score_series(spark: SparkSession, models: pd.DataFrame, present: pd.DataFram
         + [T.StructField(n, t) for n, t in SCORING_STATUS_FIELDS]
     )
     result = spark.createDataFrame(todo, schema=todo_schema).mapInPandas(
-        _score_fn(keys, cfg.horizon, True, out_schema.fieldNames(), shared_texts, origin), schema=out_schema
-    ).toPandas()
-    is_report = result["status"].notna()
-    predictions = result.loc[~is_report, [*keys, *(n for n, _ in PREDICTION_FIELDS)]].reset_index(drop=True)
+        _score_fn(keys, cfg.horizon, True, out_schema.fieldNames(), origin), schema=out_schema
+    )
+    # Through Arrow: the report (one row per series) as pandas; the predictions stay an Arrow
+    # table with the repeated strings (series id, model name) dictionary-encoded, so the
+    # driver holds a few bytes per prediction, not Python objects (the warehouse writes them
+    # a chunk at a time).
+    result = result.toArrow()
+    is_report = pc.is_valid(result["status"])
     report_cols = [*keys, "series_id", "model_name", "model_version", "status", "reason", "prediction_rows"]
-    report = result.loc[is_report, report_cols].sort_values("series_id").reset_index(drop=True)
+    report = result.filter(is_report).select(report_cols).to_pandas()
+    report = report.sort_values("series_id").reset_index(drop=True)
+    predictions = result.filter(pc.invert(is_report)).select([*keys, *(n for n, _ in PREDICTION_FIELDS)])
+    del result
+    for name in ("series_id", "model_name"):
+        i = predictions.schema.get_field_index(name)
+        predictions = predictions.set_column(i, name, pc.dictionary_encode(predictions[name]))
     return ScoredSeries(predictions, report)

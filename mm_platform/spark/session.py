@@ -1,12 +1,13 @@
 """The Spark session: master or Spark Connect URL from the config, quiet Arrow-enabled
 defaults, and the tuning that makes new sessions cheap (the preloading worker daemon, the
-JVM class archive, a C1-only local JVM)."""
+JVM class archive, C1-only JVMs)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -15,6 +16,8 @@ from mm_platform.spark.java import java_home
 
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
+# The JVM's JIT stopped at C1 (see spark_conf).
+C1_ONLY = " -XX:TieredStopAtLevel=1"
 # Settings a Spark Connect client cannot change (the server's own launch sets them).
 _SERVER_SIDE = ("spark.master", "spark.ui.", "spark.driver.", "spark.pyspark.", "spark.executor.", "spark.python.")
 
@@ -63,12 +66,18 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
         conf["spark.pyspark.python"] = sys.executable
         conf["spark.pyspark.driver.python"] = sys.executable
         conf["spark.driver.memory"] = os.environ.get("MM_SPARK_DRIVER_MEMORY", "2g")
-        if is_local(spark.master):
-            # In local mode the driver JVM is the executor, and on a local lake it only schedules
-            # Python tasks and passes small Arrow batches: C2 compilation cost ~2 core-s a session
-            # (4 at 10,000 series) for code that never runs long enough to repay it.
-            conf["spark.driver.extraJavaOptions"] += " -XX:TieredStopAtLevel=1"
-            conf["spark.driver.extraJavaOptions"] += _class_archive_option(spark)
+        # The JVMs of a session only schedule Python tasks and pass Arrow batches between them
+        # and the driver (the data are read and written by the tasks' Python, with pyarrow): C2
+        # compilation cost ~2 core-s per JVM and session (4 at 10,000 series) for code that
+        # never runs long enough to repay it. That holds for the driver JVM in local mode (also
+        # the executor) and on a cluster (docs/performance.md, "the cluster's fixed cost").
+        conf["spark.driver.extraJavaOptions"] += C1_ONLY + _class_archive_option(spark)
+        if not is_local(spark.master):
+            # The executors' JVMs likewise. The class archive also serves executors started on
+            # this host from the same jars (their classpath differs, but its classes load from
+            # it); a JVM on a host without the file ignores the option.
+            archive = _existing_archive(spark)
+            conf["spark.executor.extraJavaOptions"] = (C1_ONLY + (f" -XX:SharedArchiveFile={archive}" if archive else "")).strip()
     conf.update(spark.conf)
     return conf
 
@@ -76,12 +85,16 @@ def spark_conf(spark: SparkConfig) -> dict[str, str]:
 def _class_archive_option(spark: SparkConfig) -> str:
     """The JVM option for the class-data-sharing archive (mm_platform.spark.jvm_archive): record it
     when ``mm-platform jvm-archive`` asks, map it when it exists, else nothing."""
-    from mm_platform.spark import jvm_archive
-
     if os.environ.get("MM_JVM_ARCHIVE_RECORD"):
         return f" -XX:ArchiveClassesAtExit={os.environ['MM_JVM_ARCHIVE_RECORD']}"
-    archive = jvm_archive.existing_archive() if spark.jvm_class_archive else None
+    archive = _existing_archive(spark)
     return f" -XX:SharedArchiveFile={archive}" if archive else ""
+
+
+def _existing_archive(spark: SparkConfig) -> Path | None:
+    from mm_platform.spark import jvm_archive
+
+    return jvm_archive.existing_archive() if spark.jvm_class_archive else None
 
 
 def get_session(spark: SparkConfig) -> SparkSession:

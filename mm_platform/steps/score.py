@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from datetime import date
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mm_platform.config import DatasetConfig
 from mm_platform.core.vocabulary import (
     SCORED,
     SCORING_FAILED,
     SCORING_SKIPPED,
+    TAG_SHA256,
     TAG_TIER,
     TIER_CHAMPION,
     key_tag,
@@ -32,9 +35,16 @@ from mm_platform.stores.training_sets import training_set_store
 
 @dataclass
 class ScoringOutcome:
-    predictions: pd.DataFrame
+    predictions: pa.Table  # compact (dictionary-encoded strings); ``sample`` gives a few series as pandas
     report: pd.DataFrame  # one row per series: status scored / failed / skipped, reason
     rows_written: int
+
+    def sample(self, series: list[str]) -> pd.DataFrame:
+        """The predictions of ``series`` as a DataFrame."""
+        if not len(self.predictions) or not series:
+            return self.predictions.slice(0, 0).to_pandas()
+        mask = pc.is_in(self.predictions["series_id"].cast(pa.string()), value_set=pa.array(series, pa.string()))
+        return self.predictions.filter(mask).to_pandas()
 
     def count(self, status: str) -> int:
         return int((self.report["status"] == status).sum()) if len(self.report) else 0
@@ -76,58 +86,20 @@ def with_future_regressors(models: pd.DataFrame, future: pd.DataFrame | None, cf
     return models
 
 
-def production_models_frame(cfg: DatasetConfig, production: RegistryReader) -> tuple[pd.DataFrame, list[dict]]:
-    """Verified production models as a frame for scoring (with each model's ``tier``), plus
-    the series whose model could not be loaded."""
-    rows, problems = [], []
-    for sid, mv in production_by_series(production, cfg.name).items():
-        tier = mv.tags.get(TAG_TIER) or TIER_CHAMPION  # models promoted before tiers existed were champions
-        try:
-            data = production.read_artifact(mv)
-        except Exception as exc:  # a bad artifact skips that series only
-            problems.append({**{k: mv.tags.get(key_tag(k)) for k in cfg.keys}, "series_id": sid, "model_name": mv.name,
-                             "model_version": mv.version, "tier": tier, "reason": f"{type(exc).__name__}: {exc}"})
-            continue
-        keys = {k: mv.tags.get(key_tag(k)) for k in cfg.keys}
-        rows.append({**keys, "series_id": sid, "model_name": mv.name, "model_version": mv.version, "tier": tier,
-                     "model_json": data.decode()})
-    return pd.DataFrame(rows), problems
-
-
-def shared_models(models: pd.DataFrame, problems: list[dict]) -> tuple[pd.DataFrame, list[str]]:
-    """The global family's shared models the production models refer to, each read and
-    checked against its sha256 once here (not once per series): their texts go to the scoring
-    tasks with the job. A series whose shared model cannot be read or fails its check joins
-    ``problems`` (failed, with the reason) and leaves ``models``."""
-    from mm_platform.forecasting.global_lgbm import shared_refs
-    from mm_platform.stores.artifacts import read_verified
-
-    if not len(models):
-        return models, []
-    refs: dict[str, list[tuple[str, str | None]]] = {}  # series -> (sha256, uri) of its shared models
-    for sid, text in zip(models["series_id"], models["model_json"], strict=True):
-        if '"shared_sha256"' in text:
-            refs[sid] = [(str(r["shared_sha256"]), r.get("shared_uri")) for r in shared_refs(json.loads(text))]
-    texts: dict[str, str] = {}
-    failed: dict[str, str] = {}  # sha256 -> why
-    for sha, uri in {ref for rs in refs.values() for ref in rs}:
-        if sha in texts or sha in failed:
-            continue
-        try:
-            if not uri:
-                raise ValueError("the model does not say where its shared model is stored")
-            texts[sha] = read_verified(uri, sha, f"shared global model {sha[:12]}").decode()
-        except Exception as exc:  # noqa: BLE001 - fails the series that use it only
-            failed[sha] = f"{type(exc).__name__}: {exc}"
-    bad = {sid: next(failed[sha] for sha, _ in rs if sha in failed) for sid, rs in refs.items()
-           if any(sha in failed for sha, _ in rs)}
-    if bad:
-        gone = models[models["series_id"].isin(bad)]
-        for r in gone.to_dict("records"):
-            problems.append({**{k: r[k] for k in r if k not in ("model_json", "future_regressors")},
-                             "reason": "shared model: " + bad[r["series_id"]]})
-        models = models[~models["series_id"].isin(bad)].reset_index(drop=True)
-    return models, list(texts.values())
+def production_models_frame(cfg: DatasetConfig, production: RegistryReader) -> pd.DataFrame:
+    """Each series' production model as a reference for scoring: keys, series id, name,
+    version, ``tier``, and where its artifact is with its sha256. The scoring tasks read and
+    verify the artifacts themselves (and the shared models they refer to), so the driver
+    holds a few strings per series, never the models."""
+    rows = []
+    for sid, mv in production_by_series(production, cfg.name, [TAG_TIER, TAG_SHA256, *(key_tag(k) for k in cfg.keys)]).items():
+        rows.append({**{k: mv.tags.get(key_tag(k)) for k in cfg.keys}, "series_id": sid, "model_name": mv.name,
+                     "model_version": mv.version,
+                     # models promoted before tiers existed were champions
+                     "tier": mv.tags.get(TAG_TIER) or TIER_CHAMPION,
+                     "model_source": mv.source, "model_sha256": mv.tags.get(TAG_SHA256)})
+    return pd.DataFrame(rows, columns=[*cfg.keys, "series_id", "model_name", "model_version", "tier", "model_source",
+                                       "model_sha256"])
 
 
 def score_and_write(
@@ -141,41 +113,27 @@ def score_and_write(
     predictions, if any (a rerun does not erase a forecast it could not replace). Past the
     ``scoring`` error threshold the same is written, then ``ErrorThresholdExceeded`` is raised.
     """
-    models, problems = production_models_frame(cfg, production)
-    models, shared_texts = shared_models(models, problems)
+    models = production_models_frame(cfg, production)
     # ingest.on_missing_series: stop_scoring skips series deleted at the source (docs/ingestion.md).
     stopped = stopped_series(cfg, lake)
     models = models[~models["series_id"].isin(stopped)] if stopped and len(models) else models
-    problems = [p for p in problems if p.get("series_id") not in stopped]
     models = with_future_regressors(models, lake.read_future(cfg.source.table, run_date) if cfg.columns.regressors else None, cfg)
-    scored = score_series(spark, models, training_set_store(lake, cfg).series(run_date), cfg, shared_texts=shared_texts,
-                          origin=str(run_date))
+    scored = score_series(spark, models, training_set_store(lake, cfg).series(run_date), cfg, origin=str(run_date))
     # Each prediction and report row says which tier of model made it (one model per series).
     tiers = dict(zip(models["series_id"], models["tier"], strict=True)) if len(models) else {}
-    tiers |= {p["series_id"]: p["tier"] for p in problems}
     report = scored.report.assign(tier=scored.report["series_id"].map(tiers).astype(object))
     report["tier"] = report["tier"].where(report["tier"].notna(), None)
-    if problems:
-        # Those series have data but no loadable model: failed, not "no production model".
-        unloadable = pd.DataFrame(problems).assign(status=SCORING_FAILED, prediction_rows=0)
-        unloadable["reason"] = "production model not loaded: " + unloadable["reason"]
-        for k in cfg.keys:  # registry tags are strings; match the data's key types
-            if pd.api.types.is_integer_dtype(report[k].dtype):
-                unloadable[k] = unloadable[k].astype("int64")
-        report = pd.concat(
-            [report[~report["series_id"].isin(unloadable["series_id"])], unloadable[report.columns]], ignore_index=True
-        )
     if stopped:
         gone = report["series_id"].isin(stopped)
         report.loc[gone, "status"] = SCORING_SKIPPED
         report.loc[gone, "reason"] = "series missing from the source (ingest.on_missing_series: stop_scoring)"
     report = report.sort_values("series_id").reset_index(drop=True).assign(scoring_run_id=run_id)
-    predictions = scored.predictions.assign(scoring_run_id=run_id, tier=scored.predictions["series_id"].map(tiers).astype(object))
+    predictions = _with_run_and_tier(scored.predictions, run_id, tiers)
     failed = report[report["status"] == SCORING_FAILED]
     attempted = int(report["status"].isin([SCORED, SCORING_FAILED]).sum())
     err = threshold_exceeded(
         failed, attempted, cfg.scoring, "scoring", "score",
-        f"the {len(predictions['series_id'].unique()) if len(predictions) else 0} series that scored were written, "
+        f"the {int((report['status'] == SCORED).sum())} series that scored were written, "
         "the failed ones keep the run date's previous predictions",
     )
     if err is not None:
@@ -186,7 +144,18 @@ def score_and_write(
     return ScoringOutcome(predictions, report, _write(warehouse, run_date, predictions, report, failed))
 
 
-def _write(warehouse: ReportStore, run_date: date, predictions: pd.DataFrame, report: pd.DataFrame, failed: pd.DataFrame) -> int:
+def _with_run_and_tier(predictions: pa.Table, run_id: str, tiers: dict[str, str]) -> pa.Table:
+    """The predictions with their scoring run and each series' model tier, both
+    dictionary-encoded (the tier looked up once per series, not per row)."""
+    sid = predictions["series_id"].combine_chunks()
+    if not isinstance(sid, pa.DictionaryArray):
+        sid = sid.dictionary_encode()
+    tier = pc.take(pa.array([tiers.get(s) for s in sid.dictionary.to_pylist()], pa.string()), sid.indices).dictionary_encode()
+    run = pa.DictionaryArray.from_arrays(pa.array([0] * len(predictions), pa.int32()), pa.array([run_id]))
+    return predictions.append_column("scoring_run_id", run).append_column("tier", tier)
+
+
+def _write(warehouse: ReportStore, run_date: date, predictions: pa.Table, report: pd.DataFrame, failed: pd.DataFrame) -> int:
     """Predictions and report in one transaction; failed series keep the run date's previous predictions."""
     written = warehouse.replace_runs(run_date, {"predictions": predictions, "scoring_report": report},
                                      keep={"predictions": sorted(failed["series_id"])})

@@ -94,42 +94,47 @@ def register_model_set(
     names, versions, registration = [None] * n, [None] * n, [None] * n
     status = report["status"].to_numpy(dtype=object, copy=True)
     metrics = {m: report[m].to_numpy(dtype=np.float64, copy=True) for m in METRICS}
-    entries, rows = [], []
-    for pos, r in enumerate(results.to_dict("records")):
-        if r["status"] not in (TRAINED, UNCHANGED):
-            continue
-        keys = {k: r[k] for k in cfg.keys}
-        name = model_name(cfg.name, keys)
-        prev = latest.get(r["series_id"])
-        if r["status"] == UNCHANGED and prev is not None:
-            # Not refitted: the registered model and its metrics stand.
-            names[pos], versions[pos], registration[pos] = prev.name, prev.version, UNCHANGED
-            for m in METRICS:
-                v = prev.metric(m)
-                metrics[m][pos] = np.nan if v is None else v
-            status[pos] = TRAINED
-            continue
-        forced = r["series_id"] in force
-        if not forced and prev and prev.tags.get(TAG_FINGERPRINT) == r["fingerprint"] and prev.tags.get(TAG_ALGORITHM) == cfg.algorithm.name:
-            names[pos], versions[pos], registration[pos] = prev.name, prev.version, UNCHANGED
-            continue
-        tags = {
-            TAG_DATASET: cfg.name,
-            TAG_SERIES_ID: r["series_id"],
-            **{key_tag(k): str(v) for k, v in keys.items()},
-            TAG_ALGORITHM: cfg.algorithm.name,
-            TAG_FINGERPRINT: r["fingerprint"],
-            TAG_RUN_DATE: str(run_date),
-            TAG_TRAINING_RUN_ID: run_id,
-            TAG_N_OBS: str(int(r["n_obs"])),
-            **{metric_tag(m): format_metric(r[m]) for m in METRICS},
-        }
-        tags |= _selection_tags(r["model_json"])
-        if forced:
-            tags[TAG_DRIFT_REFIT] = str(run_date)
-        entries.append((name, r["model_json"].encode(), tags))
-        rows.append(pos)
-    registered = registry.register_many(entries, run_name=f"{cfg.name}-model-set-{run_date}", run_tags={"run_date": str(run_date), "dagster_run_id": run_id})
+    rows: list[int] = []
+
+    def entries():
+        # A generator over slices of the results: register_many consumes it a chunk at a
+        # time, so no per-series list of tags and artifacts exists at once in the driver.
+        for start in range(0, n, 1000):
+            for pos, r in enumerate(results.iloc[start : start + 1000].to_dict("records"), start):
+                if r["status"] not in (TRAINED, UNCHANGED):
+                    continue
+                keys = {k: r[k] for k in cfg.keys}
+                name = model_name(cfg.name, keys)
+                prev = latest.get(r["series_id"])
+                if r["status"] == UNCHANGED and prev is not None:
+                    # Not refitted: the registered model and its metrics stand.
+                    names[pos], versions[pos], registration[pos] = prev.name, prev.version, UNCHANGED
+                    for m in METRICS:
+                        v = prev.metric(m)
+                        metrics[m][pos] = np.nan if v is None else v
+                    status[pos] = TRAINED
+                    continue
+                forced = r["series_id"] in force
+                if not forced and prev and prev.tags.get(TAG_FINGERPRINT) == r["fingerprint"] and prev.tags.get(TAG_ALGORITHM) == cfg.algorithm.name:
+                    names[pos], versions[pos], registration[pos] = prev.name, prev.version, UNCHANGED
+                    continue
+                tags = {
+                    TAG_DATASET: cfg.name,
+                    TAG_SERIES_ID: r["series_id"],
+                    **{key_tag(k): str(v) for k, v in keys.items()},
+                    TAG_ALGORITHM: cfg.algorithm.name,
+                    TAG_FINGERPRINT: r["fingerprint"],
+                    TAG_RUN_DATE: str(run_date),
+                    TAG_TRAINING_RUN_ID: run_id,
+                    TAG_N_OBS: str(int(r["n_obs"])),
+                    **{metric_tag(m): format_metric(r[m]) for m in METRICS},
+                }
+                tags |= _selection_tags(r["model_json"])
+                if forced:
+                    tags[TAG_DRIFT_REFIT] = str(run_date)
+                rows.append(pos)
+                yield name, r["model_json"].encode(), tags
+    registered = registry.register_many(entries(), run_name=f"{cfg.name}-model-set-{run_date}", run_tags={"run_date": str(run_date), "dagster_run_id": run_id})
     for pos, mv in zip(rows, registered, strict=True):
         names[pos], versions[pos], registration[pos] = mv.name, mv.version, REGISTERED
     report["status"] = pd.Series(status, index=report.index, dtype=object)

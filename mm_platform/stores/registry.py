@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from itertools import chain, islice
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from mm_platform.config import DatasetConfig
 from mm_platform.core.errors import UserError, one_line
@@ -36,6 +40,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 log = logging.getLogger(__name__)
 
 CHECK_BATCH = 500  # registered models per query of aliased versions
+REGISTER_CHUNK = 500  # models per chunk of register_many (artifacts written, rows flushed)
 SEARCH_BATCH = 100  # names per search_registered_models query (client API)
 
 
@@ -126,7 +131,7 @@ class ModelRegistry:
                 .filter(t.workspace == workspace)
             )
             for name, key, value in rows:
-                tags.setdefault(name, {})[key] = value
+                tags.setdefault(name, {})[sys.intern(key)] = value  # one key string for every model
         latest: dict[str, RegisteredModel] = {}
         for name, version, source, run_id in versions:
             m = RegisteredModel(name, int(version), source, tags.get(name, {}), run_id)
@@ -152,13 +157,20 @@ class ModelRegistry:
         found = self.versions_of(dataset, series)
         return max(found, key=lambda m: m.version) if found else None
 
-    def aliased_by_series(self, dataset: str, alias: str = PRODUCTION_ALIAS) -> dict[str, RegisteredModel]:
+    def aliased_by_series(
+        self, dataset: str, alias: str = PRODUCTION_ALIAS, tag_keys: Iterable[str] | None = None
+    ) -> dict[str, RegisteredModel]:
         """Each series' version that ``alias`` points at (its production model). On a
         database-backed registry: two queries through MLflow's ORM models, not a client call
-        per page of registered models and versions (thousands of series in a fraction of a second)."""
+        per page of registered models and versions (thousands of series in a fraction of a second).
+        ``tag_keys``: read only these tags (the series id always), e.g. for scoring."""
         store = self._sql_store()
         if store is None:
-            return self._aliased_by_series_client(dataset, alias)
+            found = self._aliased_by_series_client(dataset, alias)
+            if tag_keys is not None:
+                keep = {*tag_keys, TAG_SERIES_ID}
+                found = {sid: replace(m, tags={k: v for k, v in m.tags.items() if k in keep}) for sid, m in found.items()}
+            return found
         import sqlalchemy as sa
         from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
         from mlflow.store.model_registry.dbmodels.models import (
@@ -185,8 +197,11 @@ class ModelRegistry:
             ).all()
             t = SqlModelVersionTag
             tags: dict[str, dict[str, str]] = {}
-            for name, key, value in aliased(session.query(t.name, t.key, t.value), t.name, t.version).filter(t.workspace == workspace):
-                tags.setdefault(name, {})[key] = value
+            query = aliased(session.query(t.name, t.key, t.value), t.name, t.version).filter(t.workspace == workspace)
+            if tag_keys is not None:
+                query = query.filter(t.key.in_(sorted({*tag_keys, TAG_SERIES_ID})))
+            for name, key, value in query:
+                tags.setdefault(name, {})[sys.intern(key)] = value  # one key string for every model
         out = {}
         for name, version, source, run_id in versions:
             m = RegisteredModel(name, int(version), source, tags.get(name, {}), run_id)
@@ -334,7 +349,7 @@ class ModelRegistry:
 
     def register_many(
         self,
-        entries: list[tuple[str, bytes, dict[str, str]]],
+        entries: Iterable[tuple[str, bytes, dict[str, str]]],
         run_name: str,
         run_tags: dict,
         alias: str | None = None,
@@ -344,35 +359,53 @@ class ModelRegistry:
 
         On a database-backed registry (SQLite, PostgreSQL, MySQL, SQL Server) the versions,
         tags and aliases are written in one transaction through MLflow's own ORM models:
-        thousands of versions in seconds, and all or nothing. Other registries (an MLflow
-        server over HTTP) get one client call per model.
+        thousands of versions in seconds, and all or nothing. ``entries`` is consumed
+        ``REGISTER_CHUNK`` at a time (artifacts to a temp folder, rows flushed), so the
+        caller can stream them and the driver's memory does not grow with the model set; the
+        transaction commits only after the artifacts are uploaded. Other registries (an
+        MLflow server over HTTP) get one client call per model.
         """
         self._check_writable()
-        if not entries:
+        entries = iter(entries)
+        first = list(islice(entries, REGISTER_CHUNK))
+        if not first:
             return []
+        chunks = chain([first], iter(lambda: list(islice(entries, REGISTER_CHUNK)), []))
         run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=run_tags)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                entries = self._with_own_shared(entries, run.info.artifact_uri, Path(tmp, "shared"))
-                Path(tmp, "models").mkdir()
-                for name, data, _ in entries:
-                    Path(tmp, "models", f"{name}.json").write_bytes(data)
-                self.client.log_artifacts(run.info.run_id, tmp)
-            prepared = [
-                (name, f"{run.info.artifact_uri}/models/{name}.json", {**tags, TAG_SHA256: sha256(data)})
-                for name, data, tags in entries
-            ]
-            store = self._sql_store()
-            if store is not None:
-                out = _bulk_register(store, prepared, run.info.run_id, alias)
-            else:
-                out = []
-                for name, source, tags in prepared:
-                    self._ensure_registered_model(name, tags)
-                    mv = _to_registered(self.client.create_model_version(name, source=source, run_id=run.info.run_id, tags=tags))
-                    if alias:
-                        self.client.set_registered_model_alias(name, alias, str(mv.version))
-                    out.append(mv)
+                folder, copied = Path(tmp), {}
+                (folder / "models").mkdir()
+
+                def prepared():
+                    for chunk in chunks:
+                        chunk = self._with_own_shared(chunk, run.info.artifact_uri, folder / "shared", copied)
+                        out = []
+                        for name, data, tags in chunk:
+                            (folder / "models" / f"{name}.json").write_bytes(data)
+                            out.append((name, f"{run.info.artifact_uri}/models/{name}.json", {**tags, TAG_SHA256: sha256(data)}))
+                        yield out
+
+                # Resolved before the transaction: the client's own lookup reads the run from
+                # the tracking store, which may be the registry's database (locked by then).
+                repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.client.tracking_uri)
+
+                def upload():
+                    repo.log_artifacts(tmp)
+
+                store = self._sql_store()
+                if store is not None:
+                    out = _bulk_register(store, prepared(), run.info.run_id, alias, before_commit=upload)
+                else:
+                    ready = [p for chunk in prepared() for p in chunk]
+                    upload()
+                    out = []
+                    for name, source, tags in ready:
+                        self._ensure_registered_model(name, tags)
+                        mv = _to_registered(self.client.create_model_version(name, source=source, run_id=run.info.run_id, tags=tags))
+                        if alias:
+                            self.client.set_registered_model_alias(name, alias, str(mv.version))
+                        out.append(mv)
             self.client.set_terminated(run.info.run_id, "FINISHED")
             return out
         except Exception:
@@ -414,13 +447,13 @@ class ModelRegistry:
         root = self.artifact_root if "://" in self.artifact_root else Path(self.artifact_root).resolve().as_uri()
         return uri.startswith(root.rstrip("/") + "/")
 
-    def _with_own_shared(self, entries, run_artifact_uri: str, folder: Path):
+    def _with_own_shared(self, entries, run_artifact_uri: str, folder: Path, copied: dict[str, str]):
         """``entries`` with every shared-artifact reference pointing into this registry: a
         referenced shared artifact stored elsewhere is read (sha256-verified) once and written
-        to ``folder`` (logged as the run's ``shared/``)."""
+        to ``folder`` (logged as the run's ``shared/``). ``copied``: sha256 -> the copy's URI,
+        kept across calls of one run."""
         from mm_platform.forecasting.global_lgbm import shared_refs
 
-        copied: dict[str, str] = {}
         out = []
         for name, data, tags in entries:
             if b'"shared_sha256"' not in data:
@@ -474,13 +507,19 @@ def production_registry(cfg: DatasetConfig, writable: bool = False) -> ModelRegi
     return ModelRegistry(s.production_registry_uri, s.production_artifact_root, f"{cfg.name}-production", writable=writable)
 
 
-def production_by_series(production, dataset: str) -> dict[str, RegisteredModel]:
-    """Each series' production model: the version its ``production`` alias points at."""
-    return production.aliased_by_series(dataset, PRODUCTION_ALIAS)
+def production_by_series(production, dataset: str, tag_keys: Iterable[str] | None = None) -> dict[str, RegisteredModel]:
+    """Each series' production model: the version its ``production`` alias points at
+    (``tag_keys``: only these tags)."""
+    return production.aliased_by_series(dataset, PRODUCTION_ALIAS, tag_keys=tag_keys)
 
 
-def _bulk_register(store, prepared: list[tuple[str, str, dict[str, str]]], run_id: str, alias: str | None) -> list[RegisteredModel]:
-    """New model versions for many registered models in one registry transaction."""
+def _bulk_register(
+    store, chunks: Iterable[list[tuple[str, str, dict[str, str]]]], run_id: str, alias: str | None,
+    before_commit: Callable[[], None] = lambda: None,
+) -> list[RegisteredModel]:
+    """New model versions for many registered models in one registry transaction, written a
+    chunk of (name, source, tags) at a time (each chunk flushed and dropped from the session);
+    ``before_commit`` runs last inside the transaction (the artifacts' upload)."""
     import sqlalchemy as sa
     from mlflow.entities.model_registry.model_version_stages import STAGE_NONE
     from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
@@ -494,59 +533,68 @@ def _bulk_register(store, prepared: list[tuple[str, str, dict[str, str]]], run_i
     from mlflow.utils.time import get_current_time_millis
     from mlflow.utils.validation import _validate_model_name
 
-    names = [name for name, _, _ in prepared]
-    if len(set(names)) != len(names):
-        raise ValueError("register_many got the same model name twice")
-    for name in names:
-        _validate_model_name(name)
     now = get_current_time_millis()
     ready = ModelVersionStatus.to_string(ModelVersionStatus.READY)
-    with store.ManagedSessionMaker(read_only=False) as session:
-        max_version: dict[str, int] = {}
-        existing: set[str] = set()
-        for i in range(0, len(names), 500):
-            chunk = names[i : i + 500]
-            rows = (
-                session.query(SqlModelVersion.name, sa.func.max(SqlModelVersion.version))
-                .filter(SqlModelVersion.name.in_(chunk))
-                .group_by(SqlModelVersion.name)
-                .all()
-            )
-            max_version.update({n: int(v) for n, v in rows})
-            existing |= {n for (n,) in session.query(SqlRegisteredModel.name).filter(SqlRegisteredModel.name.in_(chunk))}
-        by_name = {name: (source, tags) for name, source, tags in prepared}
-        objects, out = [], []
-        for name in names:
-            source, tags = by_name[name]
-            version = max_version.get(name, 0) + 1
-            if name not in existing:
-                objects.append(store._with_workspace_field(SqlRegisteredModel(name=name, creation_time=now, last_updated_time=now)))
-                for k, v in tags.items():
-                    if is_identity_tag(k):
-                        objects.append(store._with_workspace_field(SqlRegisteredModelTag(name=name, key=k, value=v)))
-            objects.append(
-                store._with_workspace_field(
-                    SqlModelVersion(
-                        name=name, version=version, creation_time=now, last_updated_time=now, source=source,
-                        storage_location=source, run_id=run_id, status=ready, current_stage=STAGE_NONE,
-                    )
-                )
-            )
-            for k, v in tags.items():
-                objects.append(store._with_workspace_field(SqlModelVersionTag(name=name, version=version, key=k, value=v)))
-            out.append(RegisteredModel(name, version, source, dict(tags), run_id))
-        session.add_all(objects)
-        session.flush()
-        fault_point("registry.before_commit")  # versions written, transaction not committed
-        if alias:
-            for i in range(0, len(names), 500):
-                chunk = names[i : i + 500]
-                session.query(SqlRegisteredModelAlias).filter(
-                    SqlRegisteredModelAlias.name.in_(chunk), SqlRegisteredModelAlias.alias == alias
-                ).delete(synchronize_session=False)
-            session.add_all(
-                [store._with_workspace_field(SqlRegisteredModelAlias(name=m.name, alias=alias, version=m.version)) for m in out]
-            )
+    seen: set[str] = set()
+    out: list[RegisteredModel] = []
+    # MLflow's session wraps any error in an MlflowException; errors that are not the
+    # database's (from the entries, the artifacts' upload) are raised as themselves.
+    failure: list[BaseException] = []
+    try:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            try:
+                for prepared in chunks:
+                    names = [name for name, _, _ in prepared]
+                    for name in names:
+                        _validate_model_name(name)
+                        if name in seen:
+                            raise ValueError("register_many got the same model name twice")
+                        seen.add(name)
+                    max_version = {
+                        n: int(v)
+                        for n, v in session.query(SqlModelVersion.name, sa.func.max(SqlModelVersion.version))
+                        .filter(SqlModelVersion.name.in_(names))
+                        .group_by(SqlModelVersion.name)
+                    }
+                    existing = {n for (n,) in session.query(SqlRegisteredModel.name).filter(SqlRegisteredModel.name.in_(names))}
+                    objects, done = [], []
+                    for name, source, tags in prepared:
+                        version = max_version.get(name, 0) + 1
+                        if name not in existing:
+                            objects.append(store._with_workspace_field(SqlRegisteredModel(name=name, creation_time=now, last_updated_time=now)))
+                            for k, v in tags.items():
+                                if is_identity_tag(k):
+                                    objects.append(store._with_workspace_field(SqlRegisteredModelTag(name=name, key=k, value=v)))
+                        objects.append(
+                            store._with_workspace_field(
+                                SqlModelVersion(
+                                    name=name, version=version, creation_time=now, last_updated_time=now, source=source,
+                                    storage_location=source, run_id=run_id, status=ready, current_stage=STAGE_NONE,
+                                )
+                            )
+                        )
+                        for k, v in tags.items():
+                            objects.append(store._with_workspace_field(SqlModelVersionTag(name=name, version=version, key=k, value=v)))
+                        done.append(RegisteredModel(name, version, source, tags, run_id))
+                    if alias:
+                        session.query(SqlRegisteredModelAlias).filter(
+                            SqlRegisteredModelAlias.name.in_(names), SqlRegisteredModelAlias.alias == alias
+                        ).delete(synchronize_session=False)
+                        objects += [store._with_workspace_field(SqlRegisteredModelAlias(name=m.name, alias=alias, version=m.version)) for m in done]
+                    session.add_all(objects)
+                    session.flush()
+                    session.expunge_all()
+                    out += done
+                fault_point("registry.before_commit")  # versions written, transaction not committed
+                before_commit()
+            except Exception as exc:
+                if not isinstance(exc, sa.exc.SQLAlchemyError):
+                    failure.append(exc)
+                raise
+    except MlflowException:
+        if failure:
+            raise failure[0] from None
+        raise
     return out
 
 

@@ -17,6 +17,7 @@ from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 
 from mm_platform.core.faults import fault_point
@@ -204,10 +205,10 @@ class Warehouse:
             return sa.Table(name, md, *cols)
         raise KeyError(name)
 
-    def _records(self, table: sa.Table, run_date: date, rows: pd.DataFrame) -> pd.DataFrame:
-        records = rows.assign(dataset=self.dataset, run_date=run_date)
-        cols = [c.name for c in table.columns if c.name in records.columns]
-        return records[cols].astype(object).where(records[cols].notna(), None)
+    def _records(self, table: sa.Table, run_date: date, rows: pd.DataFrame | pa.Table) -> _Records:
+        extra = {"dataset": self.dataset, "run_date": run_date}
+        have = {*(rows.column_names if isinstance(rows, pa.Table) else rows.columns), *extra}
+        return _Records(rows, [c.name for c in table.columns if c.name in have], extra)
 
     def replace_run(self, name: str, run_date: date, rows: pd.DataFrame) -> int:
         """Atomically replace this dataset's rows for ``run_date`` in table ``name``."""
@@ -222,7 +223,7 @@ class Warehouse:
         keep = keep or {}
         plan = []
         for name, rows in tables.items():
-            table = self._table(name, rows)
+            table = self._table(name, rows.slice(0, 1).to_pandas() if isinstance(rows, pa.Table) else rows)
             self.ensure_table(table)
             plan.append((name, table, self._records(table, run_date, rows)))
         with self.engine.begin() as conn:
@@ -363,8 +364,7 @@ class Warehouse:
                 rows[k] = rows[k].astype("int64" if t == "int64" else object)
         table = self._table("missing_series", rows)
         table.metadata.create_all(self.engine, checkfirst=True)
-        records = rows.assign(dataset=self.dataset, detected_run_date=run_date)
-        records = records[[c.name for c in table.columns]].astype(object).where(records.notna(), None)
+        records = _Records(rows, [c.name for c in table.columns], {"dataset": self.dataset, "detected_run_date": run_date})
         with self.engine.begin() as conn:
             staged = _stage(conn, table, records)
             conn.execute(table.delete().where(table.c.dataset == self.dataset))
@@ -395,9 +395,7 @@ class Warehouse:
         BI views (e.g. realized accuracy re-evaluated over a window of forecast run dates)."""
         table = self._table(name, rows)
         self.ensure_table(table)
-        records = rows.assign(dataset=self.dataset)
-        cols = [c.name for c in table.columns if c.name in records.columns]
-        records = records[cols].astype(object).where(records[cols].notna(), None)
+        records = _Records(rows, [c.name for c in table.columns if c.name in {*rows.columns, "dataset"}], {"dataset": self.dataset})
         with self.engine.begin() as conn:
             staged = _stage(conn, table, records)
             if run_dates:
@@ -625,7 +623,7 @@ def _is_psycopg2(conn) -> bool:
     return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2"
 
 
-def _stage(conn, table: sa.Table, records: pd.DataFrame) -> str | None:
+def _stage(conn, table: sa.Table, records: _Records) -> str | None:
     """On PostgreSQL/psycopg2: COPY ``records`` into a temporary table like ``table`` (dropped at
     commit) and return its name. Elsewhere: nothing to do (``None``)."""
     if not len(records) or not _is_psycopg2(conn):
@@ -634,19 +632,43 @@ def _stage(conn, table: sa.Table, records: pd.DataFrame) -> str | None:
     stage = f"mm_stage_{table.name}_{uuid.uuid4().hex[:8]}"
     conn.execute(sa.text(f"CREATE TEMPORARY TABLE {q(stage)} (LIKE {q(table.name)} INCLUDING DEFAULTS) ON COMMIT DROP"))
     cols = ", ".join(q(c) for c in records.columns)
-    buf = io.StringIO(_copy_text(records, table))
     # The DBAPI cursor of this SQLAlchemy connection: same session, same transaction.
     copy = f"COPY {q(stage)} ({cols}) FROM STDIN"
     dbapi = conn.dialect.loaded_dbapi
     try:
         with conn.connection.driver_connection.cursor() as cur:
-            cur.copy_expert(copy, buf)
+            for part in records.chunks():
+                cur.copy_expert(copy, io.StringIO(_copy_text(part, table)))
     except dbapi.Error as exc:  # raise it as SQLAlchemy would (IntegrityError, DataError...)
         raise sa.exc.DBAPIError.instance(copy, None, exc, dbapi.Error) from exc
     return stage
 
 
-def _insert(conn, table: sa.Table, records: pd.DataFrame, staged: str | None) -> None:
+INSERT_CHUNK = 20_000  # rows converted to Python objects and sent at a time
+
+
+class _Records:
+    """Rows to write (a DataFrame, or an Arrow table such as scoring's predictions) with
+    constant ``extra`` columns, as Python values (None for missing) ``INSERT_CHUNK`` rows at a
+    time: the driver never holds a Python object per value of a whole prediction set."""
+
+    def __init__(self, rows: pd.DataFrame | pa.Table, columns: list[str], extra: dict):
+        self.rows, self.columns, self.extra = rows, columns, extra
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def chunks(self):
+        for i in range(0, len(self.rows), INSERT_CHUNK):
+            if isinstance(self.rows, pa.Table):
+                part = self.rows.slice(i, INSERT_CHUNK).to_pandas()
+            else:
+                part = self.rows.iloc[i : i + INSERT_CHUNK]
+            part = part.assign(**self.extra)[self.columns]
+            yield part.astype(object).where(part.notna(), None)
+
+
+def _insert(conn, table: sa.Table, records: _Records, staged: str | None) -> None:
     if not len(records):
         return
     if staged is not None:
@@ -654,8 +676,9 @@ def _insert(conn, table: sa.Table, records: pd.DataFrame, staged: str | None) ->
         cols = ", ".join(q(c) for c in records.columns)
         conn.execute(sa.text(f"INSERT INTO {q(table.name)} ({cols}) SELECT {cols} FROM {q(staged)}"))
         return
-    # One executemany; SQLAlchemy batches it (insertmanyvalues) and pyodbc uses fast_executemany.
-    conn.execute(table.insert(), records.to_dict("records"))
+    # One executemany per chunk; SQLAlchemy batches it (insertmanyvalues) and pyodbc uses fast_executemany.
+    for part in records.chunks():
+        conn.execute(table.insert(), part.to_dict("records"))
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

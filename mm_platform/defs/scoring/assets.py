@@ -31,11 +31,12 @@ def batch_predictions(
     outcome = score_and_write(
         spark, lake.lake(), cfg, run_date, production_registry.registry(), warehouse.warehouse(), context.run_id
     )
-    preds, report = outcome.predictions, outcome.report
+    report = outcome.report
     for row in report[report["status"] == SCORING_FAILED].head(20).itertuples():
         context.log.error(f"series {row.series_id} not scored: {row.reason}")
     problems = report[report["status"] != SCORED][["series_id", "status", "tier", "reason"]]
-    sample = sorted(preds["series_id"].unique())[:4] if len(preds) else []
+    sample = sorted(report.loc[report["status"] == SCORED, "series_id"])[:4]
+    preds = outcome.sample(sample)
     # (read with pyarrow: a Spark job only to draw a plot would cost seconds of JVM time)
     history = training_set_store(lake.lake(), cfg).history(run_date, sample) if sample else None
     return dg.MaterializeResult(
@@ -49,7 +50,7 @@ def batch_predictions(
             "horizon": cfg.horizon,
             "warehouse_tables": "predictions, scoring_report",
             "sample_forecasts": dg.MetadataValue.md(
-                png_markdown(sample_forecasts_png(history, preds[preds["series_id"].isin(sample)]), "sample forecasts")
+                png_markdown(sample_forecasts_png(history, preds), "sample forecasts")
             ),
             "not_scored": dg.MetadataValue.md(
                 problems.head(50).to_markdown(index=False) if len(problems) else "every series was scored"
