@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mm_platform.forecasting.families import load_model
 from mm_platform.forecasting.series import (
@@ -178,3 +179,23 @@ def test_evaluate_reports_the_dataset_choice_and_auto_follows_it(tmp_path, monke
     args.no_pooled = True
     per_series = run(args)
     assert "pooled_choice" not in per_series and all("+" not in f for f in per_series["methods"]["auto"]["mix"])
+
+
+def test_prior_only_backtests_the_choice_alone_and_trains_the_same_model():
+    """A series outside the pooled sample (``prior_only``, margin 1: it can never leave the
+    dataset choice) backtests only the choice's families, and gets the same champion, holdout
+    scores, intervals and forecasts as with every candidate backtested."""
+    h = _history(seed=3)
+    for prior in (("prophet",), ("regression", "ensemble"), ("seasonal_naive", "prophet")):
+        opts = {"ensemble": ["prophet", "regression"]}
+        full = train_series(h, _spec(prior=prior, options=opts))
+        only = train_series(h, _spec(prior=prior, options=opts, prior_only=True))
+        assert full.status == only.status == TRAINED and full.champion == only.champion
+        assert {k: v for k, v in only.metrics.items() if not k.startswith("backtest")} == pytest.approx(
+            {k: v for k, v in full.metrics.items() if not k.startswith("backtest")}, nan_ok=True)
+        for a, b in zip(forecast_arrays(full.model, 28), forecast_arrays(only.model, 28), strict=True):
+            np.testing.assert_allclose(np.asarray(a, dtype=float) if a.dtype.kind == "f" else a.astype("int64"),
+                                       np.asarray(b, dtype=float) if b.dtype.kind == "f" else b.astype("int64"))
+        tested = set(only.model["selection"]["backtest"])
+        assert "seasonal_naive" not in tested or "seasonal_naive" in prior
+        assert set(full.model["selection"]["backtest"]) >= {"seasonal_naive", "regression", "prophet"}

@@ -180,37 +180,61 @@ def _regressor_features(frame_regs: dict[str, np.ndarray], means: dict[str, floa
 
 
 def _regressor_means(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, float]:
-    if not spec.regressors:
-        return {}
-    means = np.nanmean(frame[list(spec.regressors)].to_numpy(dtype=np.float64), axis=0)
-    return {r: float(m) for r, m in zip(spec.regressors, means, strict=True)}
+    # Column by column: selecting the columns as a frame first cost more than the rest of a
+    # per-series global fit (the values are the same).
+    return {r: float(np.nanmean(frame[r].to_numpy(dtype=np.float64))) for r in spec.regressors}
+
+
+class _SeriesArrays:
+    """One regularized series as numpy arrays, with what does not depend on the training
+    origin (calendar features, key codes) computed once: the rows of several origins are
+    slices of it (``rows``)."""
+
+    def __init__(self, history: pd.DataFrame, key_values: dict, spec: FeatureSpec):
+        self.spec = spec
+        self.ds = history["ds"].to_numpy().astype("datetime64[D]")
+        self.y = history["y"].to_numpy(dtype=np.float64)
+        self.regs = {r: np.asarray(history[r].to_numpy(), dtype=np.float64).reshape(-1) for r in spec.regressors}
+        self.calendar = _calendar(self.ds, spec.freq)
+        self.codes = spec.key_codes(key_values) if spec.keys else []
+
+    def end(self, origin) -> int:
+        """Rows up to ``origin`` (a date; all when None)."""
+        if origin is None:
+            return len(self.y)
+        return int(np.searchsorted(self.ds, np.datetime64(pd.Timestamp(origin).date(), "D"), side="right"))
+
+    def rows(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features, scaled target) of the first ``m`` rows, as ``training_rows`` defines them."""
+        spec = self.spec
+        y = self.y[:m]
+        if not np.isfinite(y).any():
+            return np.zeros((0, len(spec.feature_names()))), np.zeros(0)
+        scale = series_scale(y, spec.scale_window)
+        lo = max(0, m - spec.max_train)
+        # as series_model computes them: over the last max_train rows
+        means = {r: float(np.nanmean(v[lo:m])) for r, v in self.regs.items()}
+        z = y / scale
+        n = len(z)
+        X = np.column_stack(
+            [
+                _lag_features(z, spec),
+                np.full(n, np.log(scale)),
+                self.calendar[:m],
+                _regressor_features({r: v[:m] for r, v in self.regs.items()}, means, spec, n),
+                np.tile(self.codes, (n, 1)) if spec.keys else np.zeros((n, 0)),
+            ]
+        )
+        keep = np.isfinite(z) & np.isfinite(X[:, 0])  # a target and at least lag 1
+        keep[:lo] = False
+        return X[keep], z[keep]
 
 
 def training_rows(history: pd.DataFrame, key_values: dict, spec: FeatureSpec, origin=None) -> tuple[np.ndarray, np.ndarray]:
     """(features, scaled target) of one regularized series' rows up to ``origin`` (a date; all
     rows when None), at most ``spec.max_train`` of them. Everything is computed from those rows."""
-    h = history
-    if origin is not None:
-        h = h[h["ds"] <= pd.Timestamp(origin)]
-    y = h["y"].to_numpy(dtype=np.float64)
-    if not np.isfinite(y).any():
-        return np.zeros((0, len(spec.feature_names()))), np.zeros(0)
-    scale = series_scale(y, spec.scale_window)
-    means = _regressor_means(h.iloc[-spec.max_train :], spec)  # as series_model computes them
-    z = y / scale
-    n = len(z)
-    X = np.column_stack(
-        [
-            _lag_features(z, spec),
-            np.full(n, np.log(scale)),
-            _calendar(h["ds"].to_numpy(), spec.freq),
-            _regressor_features({r: h[r].to_numpy() for r in spec.regressors}, means, spec, n),
-            np.tile(spec.key_codes(key_values), (n, 1)) if spec.keys else np.zeros((n, 0)),
-        ]
-    )
-    keep = np.isfinite(z) & np.isfinite(X[:, 0])  # a target and at least lag 1
-    keep[: max(0, n - spec.max_train)] = False
-    return X[keep], z[keep]
+    a = _SeriesArrays(history, key_values, spec)
+    return a.rows(a.end(origin))
 
 
 class _FastPredictor:
@@ -333,26 +357,47 @@ def fit_global(
 ) -> GlobalModel:
     """One LightGBM model on every series' rows up to ``origin``. ``series``: (key values,
     regularized history with ds, y and the regressors). Key categories come from ``series``."""
+    model = fit_global_origins(series, spec, [origin], params, num_threads)[0]
+    if model is None:
+        raise ValueError("no training rows for the global model")
+    return model
+
+
+def fit_global_origins(
+    series: list[tuple[dict, pd.DataFrame]],
+    spec: FeatureSpec,
+    origins: list,
+    params: dict | None = None,
+    num_threads: int = 0,
+) -> list[GlobalModel | None]:
+    """``fit_global`` at each of ``origins`` (None: no rows up to it), each model on the rows
+    up to its origin only; each series' arrays and origin-free features are built once."""
     import lightgbm as lgb
 
     if spec.keys and not spec.categories:
         cats = {k: sorted({str(kv.get(k)) for kv, _ in series}) for k in spec.keys}
         spec = FeatureSpec(**{**asdict(spec), "categories": cats})
-    Xs, zs = [], []
-    for kv, h in series:
-        X, z = training_rows(h, kv, spec, origin)
-        if len(z):
-            Xs.append(X)
-            zs.append(z)
-    if not zs:
-        raise ValueError("no training rows for the global model")
-    X, z = np.vstack(Xs), np.concatenate(zs)
+    arrays = [_SeriesArrays(h, kv, spec) for kv, h in series]
     names = spec.feature_names()
     cat = [names.index(f"key_{k}") for k in spec.keys]
     p = DEFAULT_PARAMS | (params or {}) | ({"num_threads": num_threads} if num_threads else {})
-    data = lgb.Dataset(X, z, feature_name=names, categorical_feature=cat or "auto", free_raw_data=True)
-    booster = lgb.train(p, data, num_boost_round=spec.rounds)
-    return GlobalModel(spec, booster.model_to_string(), str(origin or ""), len(Xs), len(z), booster)
+    out = []
+    for origin in origins:
+        Xs, zs = [], []
+        for a in arrays:
+            X, z = a.rows(a.end(origin))
+            if len(z):
+                Xs.append(X)
+                zs.append(z)
+        if not zs:
+            out.append(None)
+            continue
+        X, z = np.vstack(Xs), np.concatenate(zs)
+        data = lgb.Dataset(X, z, feature_name=names, categorical_feature=cat or "auto", free_raw_data=True)
+        booster = lgb.train(p, data, num_boost_round=spec.rounds)
+        out.append(GlobalModel(spec, booster.model_to_string(), str(origin or ""), len(Xs), len(z), booster))
+        del X, z, Xs, zs, data
+    return out
 
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -71,6 +72,14 @@ class TrainSpec:
     prior: tuple[str, ...] = ()
     prior_margin: float = 1.0
     combine: int = 3
+    # Store the series' ``backtest_summary`` in its artifact (``selection.pooled_summary``, see
+    # ``summary_record``): the next run's pooled stage reuses it while the data are unchanged.
+    keep_summary: bool = False
+    # Backtest only the dataset choice's families (and the ensemble's members): for a series
+    # outside the pooled sample when ``prior_margin`` >= 1, since its own backtest of the other
+    # candidates can never move it off the choice (set per series by the Spark training).
+    prior_only: bool = False
+    pooled_sample: frozenset[str] = frozenset()  # the series ids that backtest every candidate
 
     @property
     def fit_context(self) -> FitContext:
@@ -227,7 +236,8 @@ def train_series(history: pd.DataFrame, spec: TrainSpec, previous: dict | None =
 
 def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float, previous: dict | None = None) -> TrainResult:
     history = history[["ds", "y", *spec.regressors]].copy()
-    history["ds"] = pd.to_datetime(history["ds"])
+    # cache=False: pandas' cache check boxes a tenth of the dates one by one (1.3 ms a series).
+    history["ds"] = pd.to_datetime(history["ds"], cache=False)
     problem = check_series(history, spec)
     fp = fingerprint(history.sort_values("ds"), ["ds", "y", *spec.regressors]) if len(history) else ""
     n_obs = int(np.isfinite(history["y"].to_numpy(dtype=np.float64)).sum())
@@ -240,6 +250,8 @@ def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float, previo
     metrics = dict(fits.holdout_metrics[champion]) | fits.naive_metrics | fits.backtest_metrics()
     metrics |= fits.interval_metrics(champion)
     model = fits.artifact(champion, refit=True)
+    if spec.keep_summary and fits.backtest is not None and "selection" in model:
+        model["selection"]["pooled_summary"] = summary_record(fits.backtest, spec, fp)
     return TrainResult(
         TRAINED, "", n_obs, last, fp, metrics, model, time.process_time() - started, champion, fits.reason
     )
@@ -492,6 +504,67 @@ def add_summaries(total: dict, summary: dict) -> dict:
     return total
 
 
+# Bump when a change of code changes backtest forecasts: stored summaries then stop matching.
+SUMMARY_FORMAT = 1
+# TrainSpec fields that do not change a series' backtest (selection and interval settings,
+# the dataset choice itself, the time limit): left out of ``summary_key``.
+_NOT_IN_BACKTEST = frozenset({
+    "prior", "prior_margin", "keep_summary", "prior_only", "pooled_sample", "tie_tolerance", "fallback", "metric", "interval_coverage",
+    "interval_method", "calibration_folds", "fit_timeout_seconds",
+})
+
+
+def summary_key(spec: TrainSpec) -> str:
+    """What a series' ``backtest_summary`` depends on besides its data: the backtest's settings
+    (candidates, folds, combinations, family options: with the global family, its shared
+    models' sha256s; not the run's artifact URIs of them) and the code version."""
+    from dataclasses import fields
+
+    d = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in _NOT_IN_BACKTEST}
+    d["options"] = {fam: {k: v for k, v in o.items() if k != "uris"} if isinstance(o, dict) else o
+                    for fam, o in (spec.options or {}).items()}
+    d["code"] = [_code_version(), SUMMARY_FORMAT]
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mm_platform")
+    except PackageNotFoundError:
+        return ""
+
+
+def summary_record(bt: Backtest, spec: TrainSpec, data_fingerprint: str) -> dict:
+    """A series' ``backtest_summary`` as stored in its artifact, with what it is valid for (its
+    data fingerprint and ``summary_key``). Compact (it is in every artifact): the candidates
+    backtested, the sum of actuals (the same for every combination) and the errors in the
+    order of ``combinations_of``. Floats go through JSON exactly (shortest repr), so a reused
+    summary adds up to the same totals as a recomputed one."""
+    candidates = tuple(dict.fromkeys(spec.candidates))
+    summary = backtest_summary(bt, candidates, spec.combine)
+    families = [f for f in candidates if f in bt.forecasts] if summary else []
+    actual = next(iter(summary.values()))[1] if summary else 0.0
+    return {"fingerprint": data_fingerprint, "key": summary_key(spec), "families": families, "actual": actual,
+            "errors": [summary[combo_name(c)][0] for c in combinations_of(families, spec.combine)]}
+
+
+def summary_from_record(record, spec: TrainSpec, data_fingerprint: str) -> dict | None:
+    """The ``backtest_summary`` a ``summary_record`` holds, or None when it was stored for other
+    data or other backtest settings (or is not one)."""
+    if not isinstance(record, dict) or record.get("fingerprint") != data_fingerprint or record.get("key") != summary_key(spec):
+        return None
+    families, errors, actual = record.get("families"), record.get("errors"), record.get("actual")
+    if not isinstance(families, list) or not isinstance(errors, list) or not isinstance(actual, int | float):
+        return None
+    names = [combo_name(c) for c in combinations_of(families, spec.combine)]
+    if len(names) != len(errors):
+        return None
+    return {k: (float(e), float(actual)) for k, e in zip(names, errors, strict=True)}
+
+
 def pooled_choice(total: dict, min_share: float = 0.95) -> tuple[str, ...]:
     """The dataset-level choice: the family or combination with the lowest WAPE pooled over every
     series' backtest folds (``total``: the sums of ``backtest_summary`` by ``add_summaries``).
@@ -704,9 +777,17 @@ def fit_candidates(
         candidates = tuple(dict.fromkeys(spec.candidates))
         prior = tuple(spec.prior)
         tested = tuple(dict.fromkeys((*candidates, *(m for m in prior if m not in candidates))))
-        bt = run_backtest(train, spec, tested, spec.folds, external)
         picked = None
-        if bt.folds and prior:
+        if spec.prior_only and prior and spec.prior_margin >= 1:
+            members = _ensemble_members(ctx) if "ensemble" in prior else ()
+            bt = run_backtest(train, spec, tuple(dict.fromkeys((*prior, *members))), spec.folds, external)
+            if bt.folds:
+                picked = choose_with_prior(bt, (), prior, spec.prior_margin, spec.metric)
+            if picked is None:  # the choice cannot be scored here: every candidate after all
+                bt = run_backtest(train, spec, tested, spec.folds, external)
+        else:
+            bt = run_backtest(train, spec, tested, spec.folds, external)
+        if picked is None and bt.folds and prior:
             picked = choose_with_prior(bt, candidates, prior, spec.prior_margin, spec.metric)
         if picked is not None:
             champion, reason = picked

@@ -17,10 +17,12 @@ Two Spark stages:
 
 Origins: the final refit (the group's last date), the holdout fit (``holdout`` periods earlier)
 and, when backtest folds run (``auto``, or conformal calibration folds), the earliest fold's
-origin, which the later folds share: 2 or 3 LightGBM fits per group and run, where a model per
+origin, which the later folds share: 1 to 3 LightGBM fits per group and run, where a model per
 fold would cost ``folds`` more (a fold's forecast then comes from a model up to
 ``folds - 1`` fold lengths older than its origin: somewhat pessimistic for the global family's
-backtest score, never optimistic).
+backtest score, never optimistic). The final refit is left out when the holdout is a small
+share of a series' training rows (``STALE_SHARE``: daily data); the series' final models then
+refer to the holdout fit's model. One task builds each series' arrays once for all origins.
 
 Limits: a group's rows (one double per value and column) and its feature matrix (about 30
 doubles per row, at most ``FeatureSpec.max_train`` rows per series) must fit in one Python
@@ -55,9 +57,21 @@ def uses_global(cfg: DatasetConfig) -> bool:
     return a.name == GLOBAL or (a.name == AUTO and GLOBAL in a.auto.candidates)
 
 
-def origin_offsets(spec: TrainSpec) -> list[int]:
-    """Periods before a group's last date at which shared models are fitted (see the module docstring)."""
+# The final refit is skipped when the holdout is at most this share of the rows a series
+# trains on: the holdout fit (one shared model fewer) then serves, and its booster misses
+# only that share of recent rows (the per-series part always has them). Measured on
+# evaluation data (docs/forecast-quality.md, 2026-12-03): daily, 28 of 730 rows (3.8%), WAPE
+# the same (-0.7%, +0.2% on two seeds); weekly, 13 of about 100 rows, 4-8% worse: refitted.
+STALE_SHARE = 0.05
+
+
+def origin_offsets(spec: TrainSpec, train_rows: int | None = None) -> list[int]:
+    """Periods before a group's last date at which shared models are fitted (see the module
+    docstring). ``train_rows``: the rows a typical series of the group trains on (when known,
+    the final refit is left out if the holdout is at most ``STALE_SHARE`` of them)."""
     offsets = [0, spec.holdout]
+    if train_rows and spec.holdout <= STALE_SHARE * train_rows:
+        offsets = [spec.holdout]
     folds = spec.backtest_folds if (spec.family == AUTO or spec.interval_method == "conformal") else 0
     if folds:
         offsets.append(spec.holdout + folds * (spec.fold_length or spec.holdout))
@@ -82,9 +96,11 @@ class SharedSetup:
                 "keys": {k: str(pdf[k].iloc[0]) for k in keys}}
 
 
-def _fit_group_fn(spec: TrainSpec, keys: list[str], categories: dict[str, list[str]], offsets: list[int]):
+def _fit_group_fn(spec: TrainSpec, keys: list[str], categories: dict[str, list[str]]):
     def fit(pdf: pd.DataFrame) -> pd.DataFrame:
-        from mm_platform.forecasting.global_lgbm import FeatureSpec, fit_global
+        import numpy as np
+
+        from mm_platform.forecasting.global_lgbm import FeatureSpec, fit_global_origins
         from mm_platform.forecasting.series import check_series, regularize
 
         group = str(pdf[_GROUP_COL].iloc[0])
@@ -95,24 +111,31 @@ def _fit_group_fn(spec: TrainSpec, keys: list[str], categories: dict[str, list[s
             series = []
             for _, g in pdf.groupby("series_id", sort=False):
                 h = g[["ds", "y", *spec.regressors]].copy()
-                h["ds"] = pd.to_datetime(h["ds"])
+                h["ds"] = pd.to_datetime(h["ds"], cache=False)  # as train_series
                 if check_series(h, spec) is not None:  # as per-series training: not trained
                     continue
-                series.append(({k: str(g[k].iloc[0]) for k in keys}, regularize(h, spec.freq, spec.regressors)))
+                d = h["ds"].to_numpy().astype("datetime64[D]")
+                if len(d) > 1 and (np.diff(d) == np.timedelta64(7 if spec.freq == "W" else 1, "D")).all():
+                    h = h.reset_index(drop=True)  # sorted and regular: what regularize returns, without its cost
+                else:
+                    h = regularize(h, spec.freq, spec.regressors)
+                series.append(({k: str(g[k].iloc[0]) for k in keys}, h))
             if not series:
                 return pd.DataFrame([{"grp": group, "error": "no trainable series"}])
             last = max(h["ds"].iloc[-1] for _, h in series)
             step = pd.Timedelta(days=7 if spec.freq == "W" else 1)
-            for off in offsets:
-                origin = (last - off * step).date()
-                t0 = time.process_time()
-                try:
-                    model = fit_global(series, fspec, origin)
-                except ValueError:  # no rows before this origin
+            train_rows = int(np.median([min(len(h) - spec.holdout, fspec.max_train) for _, h in series]))
+            offsets = origin_offsets(spec, train_rows)
+            origins = [(last - off * step).date() for off in offsets]
+            t0 = time.process_time()
+            models = fit_global_origins(series, fspec, origins)
+            cpu = (time.process_time() - t0) / len(origins)
+            for off, origin, model in zip(offsets, origins, models, strict=True):
+                if model is None:  # no rows before this origin
                     continue
                 rows.append({"grp": group, "origin": str(origin), "offset": off, "model": model.to_json(),
                              "n_series": model.n_series, "n_rows": model.n_rows,
-                             "cpu_seconds": time.process_time() - t0, "error": None})
+                             "cpu_seconds": cpu, "error": None})
         except Exception as exc:  # noqa: BLE001 - reported in the driver as one line
             return pd.DataFrame([{"grp": group, "error": f"{type(exc).__name__}: {exc}"[:500]}])
         return pd.DataFrame(rows, columns=["grp", "origin", "offset", "model", "n_series", "n_rows", "cpu_seconds", "error"])
@@ -127,7 +150,7 @@ def fit_shared_models(spark, training_set, cfg: DatasetConfig, spec: TrainSpec, 
 
     group_by = cfg.algorithm.global_lgbm.group_by
     df = training_set.withColumn(_GROUP_COL, F.col(group_by).cast("string") if group_by else F.lit(""))
-    fn = _fit_group_fn(spec, list(cfg.keys), categories, origin_offsets(spec))
+    fn = _fit_group_fn(spec, list(cfg.keys), categories)
     return [r.asDict() for r in df.groupBy(_GROUP_COL).applyInPandas(fn, SHARED_SCHEMA).collect()]
 
 
@@ -136,7 +159,7 @@ def fit_shared_from_buckets(spark, buckets: list[str], cfg: DatasetConfig, spec:
     """Stage 1 without a group key on a bucketed training set: one task reads every bucket
     folder itself (as training tasks do) and fits the single group's models. No JVM scan or
     shuffle of the rows (at 1,000 x 1,000 that was about 6 core-s)."""
-    fit = _fit_group_fn(spec, list(cfg.keys), categories, origin_offsets(spec))
+    fit = _fit_group_fn(spec, list(cfg.keys), categories)
 
     def run(batches):
         from mm_platform.spark.train import _read_bucket
@@ -174,13 +197,14 @@ def prepare_shared(spark, store, cfg: DatasetConfig, run_date: date, registry, s
     import hashlib
 
     setup = SharedSetup(cfg.algorithm.global_lgbm.group_by)
-    final = []
+    newest = {}  # group -> its newest model: the one series' final models refer to
     for r in good:
         sha = hashlib.sha256(r["model"].encode()).hexdigest()
         setup.texts.append(r["model"])
         setup.models.setdefault(r["grp"], {})[r["origin"]] = sha
-        if r["offset"] == 0:
-            final.append(r["model"])
+        if r["grp"] not in newest or r["offset"] < newest[r["grp"]]["offset"]:
+            newest[r["grp"]] = r
+    final = [r["model"] for r in newest.values()]
     setup.uris = registry.store_shared(final, run_name=f"{cfg.name}-global-{run_date}",
                                        run_tags={"run_date": str(run_date), "dagster_run_id": run_id, "family": GLOBAL})
     setup.summary = {
@@ -212,10 +236,13 @@ def train_with_shared(spark, store, cfg: DatasetConfig, run_date: date, registry
     spec = train_spec(cfg)
     setup = prepare_shared(spark, store, cfg, run_date, registry, spec, run_id) if uses_global(cfg) else None
     if pooled:
-        from mm_platform.spark.pooled import pooled_prior
+        from mm_platform.spark.pooled import pooled_prior, sample_series, sample_size
 
         # Computed every run, over the run date's data: a series refitted later (changed
         # data, incremental retraining) gets the current choice; unchanged ones keep their model.
-        choice, _ = pooled_prior(spark, store, cfg, run_date, spec, shared=setup)
-        spec = replace(spec, prior=choice)
+        choice, _ = pooled_prior(spark, store, cfg, run_date, spec, shared=setup, known=known, previous=previous)
+        # The sampled series keep their summary for the next run's stage 1 (and backtest every
+        # candidate); the others backtest only the choice (TrainSpec.prior_only).
+        sample = frozenset(sample_series(store.series(run_date)["series_id"], sample_size(cfg)))
+        spec = replace(spec, prior=choice, keep_summary=True, prior_only=True, pooled_sample=sample)
     return store.train(spark, run_date, known=known, previous=previous, only_series=only_series, spec=spec, shared=setup)
