@@ -80,6 +80,10 @@ class TrainSpec:
     # candidates can never move it off the choice (set per series by the Spark training).
     prior_only: bool = False
     pooled_sample: frozenset[str] = frozenset()  # the series ids that backtest every candidate
+    # Summary records the pooled stage computed (series id -> ``summary_record``), and the one of
+    # this series: stored as is (``keep_summary``) instead of backtesting every candidate again.
+    summaries: dict = field(default_factory=dict)
+    summary_to_store: dict | None = None
 
     @property
     def fit_context(self) -> FitContext:
@@ -250,7 +254,9 @@ def _train_series(history: pd.DataFrame, spec: TrainSpec, started: float, previo
     metrics = dict(fits.holdout_metrics[champion]) | fits.naive_metrics | fits.backtest_metrics()
     metrics |= fits.interval_metrics(champion)
     model = fits.artifact(champion, refit=True)
-    if spec.keep_summary and fits.backtest is not None and "selection" in model:
+    if spec.keep_summary and "selection" in model and spec.summary_to_store is not None:
+        model["selection"]["pooled_summary"] = spec.summary_to_store
+    elif spec.keep_summary and fits.backtest is not None and "selection" in model:
         model["selection"]["pooled_summary"] = summary_record(fits.backtest, spec, fp)
     return TrainResult(
         TRAINED, "", n_obs, last, fp, metrics, model, time.process_time() - started, champion, fits.reason
@@ -509,8 +515,9 @@ SUMMARY_FORMAT = 1
 # TrainSpec fields that do not change a series' backtest (selection and interval settings,
 # the dataset choice itself, the time limit): left out of ``summary_key``.
 _NOT_IN_BACKTEST = frozenset({
-    "prior", "prior_margin", "keep_summary", "prior_only", "pooled_sample", "tie_tolerance", "fallback", "metric", "interval_coverage",
-    "interval_method", "calibration_folds", "fit_timeout_seconds",
+    "prior", "prior_margin", "keep_summary", "prior_only", "pooled_sample", "summaries", "summary_to_store",
+    "tie_tolerance", "fallback", "metric", "interval_coverage", "interval_method", "calibration_folds",
+    "fit_timeout_seconds",
 })
 
 

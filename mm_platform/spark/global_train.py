@@ -240,9 +240,10 @@ def train_with_shared(spark, store, cfg: DatasetConfig, run_date: date, registry
 
         # Computed every run, over the run date's data: a series refitted later (changed
         # data, incremental retraining) gets the current choice; unchanged ones keep their model.
-        choice, _ = pooled_prior(spark, store, cfg, run_date, spec, shared=setup, known=known, previous=previous)
-        # The sampled series keep their summary for the next run's stage 1 (and backtest every
-        # candidate); the others backtest only the choice (TrainSpec.prior_only).
+        choice, info = pooled_prior(spark, store, cfg, run_date, spec, shared=setup, known=known, previous=previous)
+        # The sampled series store the summaries stage 1 just computed, for the next run's
+        # stage 1; every series backtests only the choice (TrainSpec.prior_only).
         sample = frozenset(sample_series(store.series(run_date)["series_id"], sample_size(cfg)))
-        spec = replace(spec, prior=choice, keep_summary=True, prior_only=True, pooled_sample=sample)
+        spec = replace(spec, prior=choice, keep_summary=True, prior_only=True, pooled_sample=sample,
+                       summaries=info.get("records", {}))
     return store.train(spark, run_date, known=known, previous=previous, only_series=only_series, spec=spec, shared=setup)

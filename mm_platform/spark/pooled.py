@@ -43,7 +43,7 @@ from mm_platform.forecasting.series import TrainSpec
 def sample_size(cfg) -> int:
     """``algorithm.auto.pooled_sample`` (0: no pooled stage, each series chooses alone as before)."""
     return cfg.algorithm.auto.pooled_sample
-SUMMARY_SCHEMA = "total string, series long, reused long, error string"
+SUMMARY_SCHEMA = "total string, series long, reused long, error string, records string"
 log = logging.getLogger(__name__)
 
 
@@ -56,23 +56,32 @@ def sample_series(series_ids, n: int) -> list[str]:
 def series_summary(pdf: pd.DataFrame, spec: TrainSpec) -> dict | None:
     """One series' ``backtest_summary`` over the folds before its holdout, as
     ``fit_candidates`` backtests it (None: the series is not trained, or too short to backtest)."""
+    return series_summary_record(pdf, spec)[0]
+
+
+def series_summary_record(pdf: pd.DataFrame, spec: TrainSpec) -> tuple[dict | None, dict | None]:
+    """``series_summary`` and the same as the record per-series training stores
+    (``series.summary_record``): stage 2 stores it as is instead of backtesting every candidate
+    again."""
     from mm_platform.forecasting.series import (
         backtest_summary,
         check_series,
         regularize,
         run_backtest,
+        summary_record,
         time_limit,
     )
 
     history = pdf[["ds", "y", *spec.regressors]].copy()
     history["ds"] = pd.to_datetime(history["ds"])
     if check_series(history, spec) is not None:
-        return None
+        return None, None
     history = regularize(history.sort_values("ds"), spec.freq, spec.regressors)
     candidates = tuple(dict.fromkeys(spec.candidates))
     with time_limit(spec.fit_timeout_seconds):  # as training's limit: a series that hangs is left out
         bt = run_backtest(history.iloc[: -spec.holdout], spec, candidates, spec.folds)
-    return backtest_summary(bt, candidates, spec.combine) or None
+    summary = backtest_summary(bt, candidates, spec.combine) or None
+    return summary, summary_record(bt, spec, data_fingerprint(pdf, spec.regressors))
 
 
 def _add_totals(total: dict, other: dict) -> dict:
@@ -124,10 +133,11 @@ def _summarize_fn(spec: TrainSpec, keys: list[str], shared=None, known=None, pre
 
     known, previous = known or {}, previous or {}
 
-    def summarize(groups) -> tuple[dict, int, int, str | None]:
+    def summarize(groups) -> tuple[dict, int, int, str | None, dict]:
         from mm_platform.forecasting.series import add_summaries
 
         total: dict = {}
+        records: dict = {}  # series id -> the record of a summary computed here
         n, reused, error = 0, 0, None
         for pdf in groups:
             s = spec
@@ -140,21 +150,23 @@ def _summarize_fn(spec: TrainSpec, keys: list[str], shared=None, known=None, pre
                 if summary is not None:
                     reused += bool(summary)
                 else:
-                    summary = series_summary(pdf, s)
+                    summary, record = series_summary_record(pdf, s)
+                    if record is not None:
+                        records[str(pdf["series_id"].iloc[0])] = record
             except Exception as exc:  # noqa: BLE001 - a series that cannot be backtested is left out
                 error = f"{type(exc).__name__}: {exc}"[:300]
                 continue
             if summary:
                 add_summaries(total, summary)
                 n += 1
-        return total, n, reused, error
+        return total, n, reused, error, records
 
     return summarize
 
 
-def _row(total: dict, n: int, reused: int, error: str | None) -> pd.DataFrame:
+def _row(total: dict, n: int, reused: int, error: str | None, records: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame([{"total": json.dumps({k: list(v) for k, v in total.items()}), "series": n,
-                          "reused": reused, "error": error}])
+                          "reused": reused, "error": error, "records": json.dumps(records or {})}])
 
 
 def _split(pdf: pd.DataFrame):
@@ -282,4 +294,7 @@ def pooled_prior(spark, store, cfg, run_date, spec: TrainSpec, shared=None, n: i
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
     log.info("auto's pooled choice for %s %s: %s", cfg.name, run_date, summary)
+    # The sampled series' freshly computed summaries (series id -> summary record, a KB each):
+    # per-series training stores them instead of backtesting every candidate again.
+    summary["records"] = {k: v for r in rows for k, v in json.loads(r.get("records") or "{}").items()}
     return choice, summary

@@ -106,9 +106,11 @@ def _train_row_fn(
             return row
         s = spec
         if spec.prior_only and sid in spec.pooled_sample:
-            # A pooled-sample series backtests every candidate (and keeps its summary for the
-            # next run's pooled stage); the others only the dataset choice.
-            s = replace(s, prior_only=False)
+            # A pooled-sample series keeps its summary for the next run's pooled stage: the one
+            # the pooled stage just computed, or (none: it reused an older one, or failed) it
+            # backtests every candidate again. The others backtest only the dataset choice.
+            record = spec.summaries.get(sid)
+            s = replace(s, summary_to_store=record) if record is not None else replace(s, prior_only=False)
         elif spec.prior_only:
             s = replace(s, keep_summary=False)
         if shared is not None:
