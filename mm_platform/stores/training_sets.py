@@ -461,12 +461,17 @@ class FsspecTrainingSets(TrainingSetStore):
             self._commit(run_date, out)
             committed = True
         finally:
-            for leftover in [staging] + ([] if committed or not self.object_store else [out]):
-                try:
-                    fs.rm(leftover, recursive=True)
-                except FileNotFoundError:
-                    pass
+            self._remove_leftovers(fs, staging, out, committed)
         return {"rows": sum(r for r, _ in stats), "series": sum(s for _, s in stats), "path": self.uri(run_date)}
+
+    def _remove_leftovers(self, fs, staging: str, out: str, committed: bool) -> None:
+        """After a build (either store): the staging folder, and on an object store the new
+        set's folder too unless it was committed."""
+        for leftover in [staging] + ([] if committed or not self.object_store else [out]):
+            try:
+                fs.rm(leftover, recursive=True)
+            except FileNotFoundError:
+                pass
 
     def _commit(self, run_date: date, out: str) -> None:
         fs, final = self.lake.fs, self._run_folder(run_date)
@@ -558,11 +563,7 @@ class SparkTrainingSets(FsspecTrainingSets):
             self._commit(run_date, out)
             committed = True
         finally:
-            for leftover in [staging] + ([] if committed or not self.object_store else [out]):
-                try:
-                    fs.rm(leftover, recursive=True)
-                except FileNotFoundError:
-                    pass
+            self._remove_leftovers(fs, staging, out, committed)
         return {"rows": int(stats["rows"]), "series": int(stats["series"]), "path": self.uri(run_date)}
 
     def dataframe(self, spark: SparkSession, run_date: date) -> DataFrame:
