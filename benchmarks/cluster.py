@@ -43,6 +43,65 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
+
+# -- CPU caps: a host with a core per role, emulated ---------------------------------------------
+#
+# Two single-core workers against one only measure scale-out when the driver and the lake
+# service have cores of their own, as on a cluster (the driver is its own node, the lake a
+# cloud service). On a 2-core host they share the workers' cores. ``--core-share F`` caps the
+# driver's process tree, Azurite, and each worker's tree (its executors and their Python
+# workers) at F of a core each with a CFS quota, so that with F = 0.5 the four roles fit two
+# cores: a four-core host at half speed, each role on its own core.
+
+
+class CpuCaps:
+    """One cgroup (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``) per role, each capped at
+    ``share`` of a core; ``prefix(role)`` is a command prefix that runs a command in it."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, share: float, name: str):
+        self.share, self.name, self.groups = share, name, {}
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        self.root = Path("/sys/fs/cgroup") if v2.exists() else Path("/sys/fs/cgroup/cpu")
+        self.v2 = v2.exists()
+        if not (self.root / "cgroup.procs").exists() or not os.access(self.root, os.W_OK):
+            raise SystemExit(f"--core-share needs a writable cgroup cpu controller at {self.root} (run as root)")
+
+    def group(self, role: str) -> Path:
+        if role not in self.groups:
+            g = self.root / f"{self.name}-{role}"
+            g.mkdir(exist_ok=True)
+            quota = int(self.share * self.PERIOD_US)
+            if self.v2:
+                (g / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+            else:
+                (g / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (g / "cpu.cfs_quota_us").write_text(str(quota))
+            self.groups[role] = g
+        return self.groups[role]
+
+    def prefix(self, role: str) -> list[str]:
+        procs = self.group(role) / "cgroup.procs"
+        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"]
+
+    def close(self) -> None:
+        for g in self.groups.values():
+            for _ in range(50):  # its processes may still be exiting
+                try:
+                    g.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+
+
+CAPS: CpuCaps | None = None  # set by ``--core-share`` for the services and workers started here
+
+
+def capped(role: str, cmd: list) -> list:
+    return [*CAPS.prefix(role), *map(str, cmd)] if CAPS else list(cmd)
+
+
 # -- services --------------------------------------------------------------------------------------
 
 
@@ -52,9 +111,13 @@ def azurite_binary() -> Path | None:
     return binary if binary.exists() else None
 
 
+AZURITE_PIDS: list[int] = []  # the running Azurite's pid (its CPU is the lake service's)
+
+
 @contextlib.contextmanager
 def azurite(tmp: Path) -> Iterator[str]:
-    """Azurite's blob service on 127.0.0.1; yields its connection string."""
+    """Azurite's blob service on 127.0.0.1; yields its connection string (its pid is in
+    ``AZURITE_PIDS`` while it runs)."""
     from mm_platform_tests.test_prod_support import free_port, server
 
     binary = azurite_binary()
@@ -64,9 +127,13 @@ def azurite(tmp: Path) -> Iterator[str]:
     port = free_port()
     cmd = [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(tmp / "azurite-data"),
            "--silent", "--skipApiVersionCheck", "--loose", "--disableProductStyleUrl"]
-    with server(cmd, tmp / "azurite.log", port=port, timeout=60):
-        yield (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-               f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+    with server(capped("azurite", cmd), tmp / "azurite.log", port=port, timeout=60) as proc:
+        AZURITE_PIDS.append(proc.pid)
+        try:
+            yield (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                   f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+        finally:
+            AZURITE_PIDS.remove(proc.pid)
 
 
 def spark_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -101,7 +168,8 @@ def standalone_cluster(tmp: Path, workers: int = 2, cores: int = 1, memory: str 
             cmd = [spark_class, "org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
                    "--port", str(wport), "--webui-port", str(free_port()), "--cores", str(cores), "--memory", memory,
                    "--work-dir", str(tmp / f"work{i}")]
-            pids.append(stack.enter_context(server(cmd, tmp / f"worker{i}.log", port=wport, timeout=180, env=env, cwd=tmp)).pid)
+            pids.append(stack.enter_context(server(capped(f"worker{i}", cmd), tmp / f"worker{i}.log", port=wport, timeout=180,
+                                                   env=env, cwd=tmp)).pid)
         deadline = time.time() + 120
         while log.read_text(errors="replace").count("Registering worker") < workers:
             if time.time() > deadline:
@@ -275,16 +343,19 @@ def _measure_variant(home: Path, env: dict, workers: list[int], series: int) -> 
 
     out = {}
     for role in ("ours-train", "promote-all", "ours-score"):
-        m = run_measured(["worker", role, "--home", str(home)], env, also=workers)
+        m = run_measured(["worker", role, "--home", str(home)], env, also=workers, service=AZURITE_PIDS,
+                         prefix=CAPS.prefix("driver") if CAPS else ())
         if role == "promote-all":
             continue
         out[role.removeprefix("ours-")] = {
             "wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "core_s_per_series": round(m["cpu_s"] / series, 5),
             "executors_cpu_s": m.get("also_cpu_s"), "driver_peak_rss_mb": m["driver_peak_rss_mb"],
+            # Azurite (the lake service, not the platform's): reported apart, in no core-s above
+            **({"lake_service_cpu_s": m["service_cpu_s"]} if "service_cpu_s" in m else {}),
             # the serial part: the driver's Python process and its JVM (in local mode the JVM is
             # also the executor, and Spark's Python workers count under "workers")
             "driver_cpu_s": {k: m["cpu_s_by_process"].get(k) for k in ("driver", "jvm", "workers")},
-            **{k: m[k] for k in ("series", "trained", "registered", "failed", "rows") if k in m},
+            **{k: m[k] for k in ("series", "trained", "registered", "failed", "rows", "phases_wall_s", "stages_cpu_s") if k in m},
         }
     return out
 
@@ -296,7 +367,15 @@ def cmd_cluster(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(r) for r in args.rows.split(",")]
     report: dict = {"days": args.days, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "sizes": []}
+    global CAPS
     with contextlib.ExitStack() as stack:
+        if args.core_share:
+            if "local" in args.sides.split(",") or not args.start_cluster:
+                raise SystemExit("--core-share caps the roles this command starts: use it with --start-cluster and "
+                                 "--sides cluster_1_core,cluster_2_cores")
+            CAPS = CpuCaps(args.core_share, f"mm-bench-{os.getpid()}")
+            stack.callback(CAPS.close)
+            report["core_share"] = args.core_share
         env = spark_env(work, MM_HOME=str(work))
         conn = None
         if args.lake == "azurite":
@@ -391,5 +470,7 @@ def add_cluster_arguments(p) -> None:
     p.add_argument("--horizon", type=int, default=28)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--home", help="working folder (default: a new temp folder)")
+    p.add_argument("--core-share", type=float, help="cap the driver, Azurite and each worker at this share of a core "
+                   "(cgroups; 0.5 on a 2-core host: a core per role at half speed)")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", action="store_true")

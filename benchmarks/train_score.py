@@ -185,20 +185,24 @@ class TreeMeter:
         self._stop.set()
 
 
-def run_measured(args: list[str], env: dict, also: list[int] = ()) -> dict:
+def run_measured(args: list[str], env: dict, also: list[int] = (), service: list[int] = (), prefix: list[str] = ()) -> dict:
     """Run a bench worker; measure wall and tree CPU between its start and end markers.
     ``also``: pids of other process trees whose CPU counts too (a standalone cluster's workers
     on this host, under which the executors run), reported apart as ``also_cpu_s``. The
     driver's peak RSS (``driver_peak_rss_mb``) is the worker process's own high-water mark
-    over its whole life (``VmHWM``), not the tree's."""
+    over its whole life (``VmHWM``), not the tree's. ``service``: pids of services on this host
+    that stand in for a cloud service (Azurite for the lake): their CPU is reported apart as
+    ``service_cpu_s`` and counts in nothing else. ``prefix``: a command that execs the worker
+    (a CPU cap, ``benchmarks.cluster.CpuCaps``)."""
     from benchmarks.cluster import vm_hwm
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.train_score", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*prefix, sys.executable, "-m", "benchmarks.train_score", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**env, "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))}
     )
     meter = TreeMeter(proc.pid)
     others = [TreeMeter(pid) for pid in also]
+    services = [TreeMeter(pid) for pid in service]
     driver_hwm = 0
     marks: dict[str, tuple[float, float]] = {}
     stages: dict[str, float] = {}  # core-s between the previous marker and each "stage <name>" marker
@@ -225,7 +229,7 @@ def run_measured(args: list[str], env: dict, also: list[int] = ()) -> dict:
                 by_kind = {k: round(v - kinds_at_start.get(k, 0.0), 2) for k, v in sorted(kinds.items())}
                 by_kind["worker_processes"] = meter.processes("workers")
             now = (time.perf_counter(), meter.total_cpu() + sum(o.total_cpu() for o in others),
-                   sum(o.total_cpu() for o in others))
+                   sum(o.total_cpu() for o in others), sum(o.total_cpu() for o in services))
             if name.startswith("stage ") and marks:
                 stages[name.removeprefix("stage ")] = round(now[1] - max(marks.values())[1], 2)
             marks[name] = now
@@ -234,13 +238,15 @@ def run_measured(args: list[str], env: dict, also: list[int] = ()) -> dict:
     driver_hwm = max(driver_hwm, vm_hwm(proc.pid))
     proc.wait()
     meter.stop()
-    for o in others:
+    for o in (*others, *services):
         o.stop()
     if proc.returncode != 0 or "start" not in marks or "end" not in marks:
         raise RuntimeError(f"bench worker {' '.join(args[:3])} failed (exit {proc.returncode}):\n{''.join(stderr_tail)}")
     wall = marks["end"][0] - marks["start"][0]
     cpu = marks["end"][1] - marks["start"][1]
     also_cpu = {"also_cpu_s": round(marks["end"][2] - marks["start"][2], 2)} if others else {}
+    if services:
+        also_cpu["service_cpu_s"] = round(marks["end"][3] - marks["start"][3], 2)
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(meter.peak_rss / 2**20, 1),
             "driver_peak_rss_mb": round(driver_hwm / 2**20, 1), **also_cpu,
             **({"stages_cpu_s": stages} if stages else {}), "cpu_s_by_process": by_kind, **result}
@@ -279,8 +285,10 @@ def worker(argv: list[str]) -> None:
     lake = Lake(cfg.storage.lake_url)
     spark = get_session(cfg.spark)
     spark.range(4).count()  # the JVM up before the timed part (Python's daemon and workers start inside it)
+    _await_executors(spark)
     out: dict = {}
     if a.role in ("ours-train", "ours-retrain"):
+        import mm_platform.steps.train as train_step
         from mm_platform.steps.train import build_training_sets, train_and_register
         from mm_platform.stores.registry import training_registry
         from mm_platform.stores.warehouse import Warehouse
@@ -296,8 +304,15 @@ def worker(argv: list[str]) -> None:
             build_training_sets(spark, wlake, wcfg, RUN_DATE)
             train_and_register(spark, wlake, wcfg, RUN_DATE, training_registry(wcfg),
                                Warehouse(wcfg.storage.warehouse_url, wcfg.name, wcfg.keys), "warm-up")
+        import mm_platform.stores.training_sets as ts
+
+        phases = _timed_phases(train_step, ("train_with_shared", "register_model_set", "_write_report"))
+        _timed_phases(ts, ("_raw_schema", "_run_tasks"), phases, prefix="build.")
+        _timed_phases(ts.FsspecTrainingSets, ("_commit", "_remove_leftovers", "_manifest_files", "_bucket_files"), phases, prefix="store.")
         _mark("start")
+        t0 = time.perf_counter()
         build_training_sets(spark, lake, cfg, RUN_DATE)
+        phases["build_training_sets"] = round(time.perf_counter() - t0, 2)
         _mark("stage training_sets")
         outcome = train_and_register(spark, lake, cfg, RUN_DATE, training_registry(cfg),
                                      Warehouse(cfg.storage.warehouse_url, cfg.name, cfg.keys), "bench")
@@ -305,7 +320,8 @@ def worker(argv: list[str]) -> None:
         _mark("end")
         rep = outcome.report
         out = {"series": len(rep), "trained": int((rep["status"] == "trained").sum()),
-               "registered": outcome.registered, "unchanged": outcome.unchanged, "failed": outcome.failed}
+               "registered": outcome.registered, "unchanged": outcome.unchanged, "failed": outcome.failed,
+               "phases_wall_s": phases}
     elif a.role == "promote-all":
         from mm_platform.steps.promote import promote
         from mm_platform.stores.registry import production_registry, training_registry
@@ -339,6 +355,48 @@ def worker(argv: list[str]) -> None:
         raise SystemExit(f"unknown bench role {a.role}")
     print(json.dumps(out), flush=True)
     spark.stop()
+
+
+def _await_executors(spark, timeout: float = 120) -> None:
+    """On a standalone cluster: every executor the session asked for (``spark.cores.max`` /
+    ``spark.executor.cores``) registered before the timed part, as the JVM is (a first stage
+    started with one of two executors would run its tasks on it alone)."""
+    conf = spark.sparkContext.getConf()
+    if not conf.get("spark.master", "").startswith("spark://") or not conf.get("spark.cores.max"):
+        return
+    wanted = int(conf.get("spark.cores.max")) // int(conf.get("spark.executor.cores", "1"))
+    deadline = time.time() + timeout
+    while spark.sparkContext._jsc.sc().getExecutorIds().size() < wanted and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def _timed_phases(module, names: tuple[str, ...], phases: dict | None = None, prefix: str = "") -> dict[str, float]:
+    """Wrap ``module``'s (or a class's) functions ``names`` so their wall seconds add up in
+    ``phases`` (returned): the driver's phases of a step, to see which part of its wall time
+    is serial. ``MM_BENCH_PROFILE=<name>`` also writes a cProfile of that function's calls
+    to ``MM_BENCH_PROFILE_OUT`` (default /tmp/mm-bench.prof)."""
+    phases = {} if phases is None else phases
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            prof = None
+            if os.environ.get("MM_BENCH_PROFILE") == name:
+                import cProfile
+                prof = cProfile.Profile()
+                prof.enable()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if prof is not None:
+                    prof.disable()
+                    prof.dump_stats(os.environ.get("MM_BENCH_PROFILE_OUT", "/tmp/mm-bench.prof"))
+                phases[prefix + name] = round(phases.get(prefix + name, 0.0) + time.perf_counter() - t0, 2)
+        return wrapper
+
+    for name in names:
+        setattr(module, name, timed(name, getattr(module, name)))
+    return phases
 
 
 def _change_series(lake, cfg, fraction: float) -> int:

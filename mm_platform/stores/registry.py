@@ -518,7 +518,7 @@ def _bulk_register(
     before_commit: Callable[[], None] = lambda: None,
 ) -> list[RegisteredModel]:
     """New model versions for many registered models in one registry transaction, written a
-    chunk of (name, source, tags) at a time (each chunk flushed and dropped from the session);
+    chunk of (name, source, tags) at a time (each chunk's rows inserted, none kept in the session);
     ``before_commit`` runs last inside the transaction (the artifacts' upload)."""
     import sqlalchemy as sa
     from mlflow.entities.model_registry.model_version_stages import STAGE_NONE
@@ -535,6 +535,8 @@ def _bulk_register(
 
     now = get_current_time_millis()
     ready = ModelVersionStatus.to_string(ModelVersionStatus.READY)
+    # The workspace column MLflow's own writes fill (``_with_workspace_field``), where the schema has it.
+    ws = {"workspace": store._get_active_workspace()} if hasattr(SqlModelVersion, "workspace") else {}
     seen: set[str] = set()
     out: list[RegisteredModel] = []
     # MLflow's session wraps any error in an MlflowException; errors that are not the
@@ -557,33 +559,29 @@ def _bulk_register(
                         .group_by(SqlModelVersion.name)
                     }
                     existing = {n for (n,) in session.query(SqlRegisteredModel.name).filter(SqlRegisteredModel.name.in_(names))}
-                    objects, done = [], []
+                    # Plain rows through SQLAlchemy's bulk INSERT (executemany), not ORM objects:
+                    # a model version with its tags is a dozen or more rows.
+                    models, model_tags, versions, version_tags, done = [], [], [], [], []
                     for name, source, tags in prepared:
                         version = max_version.get(name, 0) + 1
                         if name not in existing:
-                            objects.append(store._with_workspace_field(SqlRegisteredModel(name=name, creation_time=now, last_updated_time=now)))
-                            for k, v in tags.items():
-                                if is_identity_tag(k):
-                                    objects.append(store._with_workspace_field(SqlRegisteredModelTag(name=name, key=k, value=v)))
-                        objects.append(
-                            store._with_workspace_field(
-                                SqlModelVersion(
-                                    name=name, version=version, creation_time=now, last_updated_time=now, source=source,
-                                    storage_location=source, run_id=run_id, status=ready, current_stage=STAGE_NONE,
-                                )
-                            )
-                        )
-                        for k, v in tags.items():
-                            objects.append(store._with_workspace_field(SqlModelVersionTag(name=name, version=version, key=k, value=v)))
+                            models.append({"name": name, "creation_time": now, "last_updated_time": now, **ws})
+                            model_tags += [{"name": name, "key": k, "value": v, **ws} for k, v in tags.items() if is_identity_tag(k)]
+                        versions.append({"name": name, "version": version, "creation_time": now, "last_updated_time": now,
+                                         "source": source, "storage_location": source, "run_id": run_id, "status": ready,
+                                         "current_stage": STAGE_NONE, **ws})
+                        version_tags += [{"name": name, "version": version, "key": k, "value": v, **ws} for k, v in tags.items()]
                         done.append(RegisteredModel(name, version, source, tags, run_id))
                     if alias:
                         session.query(SqlRegisteredModelAlias).filter(
                             SqlRegisteredModelAlias.name.in_(names), SqlRegisteredModelAlias.alias == alias
                         ).delete(synchronize_session=False)
-                        objects += [store._with_workspace_field(SqlRegisteredModelAlias(name=m.name, alias=alias, version=m.version)) for m in done]
-                    session.add_all(objects)
-                    session.flush()
-                    session.expunge_all()
+                    for model, rows in ((SqlRegisteredModel, models), (SqlRegisteredModelTag, model_tags),
+                                        (SqlModelVersion, versions), (SqlModelVersionTag, version_tags),
+                                        (SqlRegisteredModelAlias, [{"name": m.name, "alias": alias, "version": m.version, **ws}
+                                                                   for m in done] if alias else [])):
+                        if rows:
+                            session.execute(sa.insert(model), rows)
                     out += done
                 fault_point("registry.before_commit")  # versions written, transaction not committed
                 before_commit()

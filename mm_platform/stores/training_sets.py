@@ -159,10 +159,15 @@ def training_rows(raw: DataFrame, cfg: DatasetConfig, run_date: date) -> DataFra
 def _raw_schema(files: list[str], fs=None):
     """One schema for all raw files (their footers only): int32 in one month and int64 in
     another become int64, as they would have to for Spark."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive")
+    # Concurrently: on an object store each footer is a round trip.
+    with ThreadPoolExecutor(min(16, max(1, len(files)))) as pool:
+        schemas = list(pool.map(lambda f: pq.read_schema(f, filesystem=fs), files))
+    return pa.unify_schemas(schemas, promote_options="permissive")
 
 
 def _arrow_key_type(t) -> bool:
