@@ -141,3 +141,40 @@ def test_missing_azure_credentials_name_the_variable(monkeypatch, spark, tmp_pat
         spark_train.train_buckets(spark, ["abfs://lake/retail/training_sets/retail/run_date=x/bucket=0"],
                                   [("store", spark_train.T.LongType()), ("item", spark_train.T.LongType())], 10, cfg)
     assert "\n" not in str(err.value) and "AZURE_STORAGE_CONNECTION_STRING" in str(err.value)
+
+
+def test_object_store_parquet_io_is_one_request_per_file():
+    """On an object store (here fsspec's in-memory one) the data path's Parquet files are read
+    whole in one request each and written with one request at close; what comes back equals
+    what went in, across files and row groups."""
+    import fsspec
+    import pyarrow as pa
+
+    from mm_platform.stores.lake import ParquetSink, read_parquet, write_parquet
+
+    fs = fsspec.filesystem("memory")
+    base = f"/mm-io-{os.getpid()}"
+    a = pa.table({"series_id": ["a", "a", "b"], "y": [1.0, 2.0, 3.0]})
+    b = pa.table({"series_id": ["c"], "y": [4.0]})
+    sink = ParquetSink(fs, f"{base}/bucket=1/part-00000.parquet", a.schema)
+    sink.write(a)
+    sink.write(b)  # a second row group
+    assert not fs.exists(f"{base}/bucket=1/part-00000.parquet")  # nothing stored before close
+    sink.close()
+    write_parquet(fs, f"{base}/bucket=2/part-00000.parquet", b)
+
+    calls = []
+    real_cat, real_cat_file, real_open = fs.cat, fs.cat_file, fs.open
+    fs.cat = lambda paths, **k: calls.append(("cat", len(paths))) or real_cat(paths, **k)
+    fs.cat_file = lambda path, **k: calls.append(("cat_file", 1)) or real_cat_file(path, **k)
+    fs.open = lambda *a, **k: calls.append(("open", 1)) or real_open(*a, **k)
+    try:
+        both = read_parquet(fs, [f"{base}/bucket=1/part-00000.parquet", f"{base}/bucket=2/part-00000.parquet"])
+        one = read_parquet(fs, f"{base}/bucket=2/part-00000.parquet", columns=["y"])
+    finally:
+        fs.cat, fs.cat_file, fs.open = real_cat, real_cat_file, real_open
+    # (fsspec's cat reads each path with cat_file; pyarrow's own reads would open the files)
+    assert calls[0] == ("cat", 2) and calls[-1] == ("cat_file", 1) and ("open", 1) not in calls
+    assert both.to_pydict() == pa.concat_tables([a, b, b]).to_pydict()
+    assert one.to_pydict() == {"y": [4.0]}
+    fs.rm(base, recursive=True)

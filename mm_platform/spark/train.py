@@ -175,16 +175,14 @@ def _read_bucket(url: str) -> pd.DataFrame:
     executor's environment) as Spark hands it to ``applyInPandas``: naive UTC
     ``datetime64[ns]`` dates (the session time zone is UTC), rows sorted by series and date
     as written."""
-    import pyarrow.dataset as pads
-
-    from mm_platform.stores.lake import arrow_filesystem, task_filesystem
+    from mm_platform.stores.lake import read_parquet, task_filesystem
 
     fs, path = task_filesystem(url)
     files = sorted(
         f for f in fs.ls(path, detail=False)
         if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))
     )
-    pdf = pads.dataset(files, format="parquet", filesystem=arrow_filesystem(fs)).to_table().to_pandas()
+    pdf = read_parquet(fs, files).to_pandas()
     ds = pdf["ds"]
     if getattr(ds.dtype, "tz", None) is not None:
         ds = ds.dt.tz_convert("UTC").dt.tz_localize(None)

@@ -84,6 +84,60 @@ def arrow_filesystem(fs):
     return None if protocol in ("file", "local") else fs
 
 
+def read_parquet(fs, paths, columns: list[str] | None = None) -> pa.Table:
+    """Parquet files of ``fs`` (a path, or several read in order into one table). On an
+    object store the files are fetched whole, concurrently, one request each, and parsed in
+    memory: read through fsspec, pyarrow asks for each file's size, footer and column chunks
+    separately (about ten requests a file, each a round trip to the store). The files of the
+    data path are small enough for that: a raw month, a bucket's fragment, a bucket."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if arrow_filesystem(fs) is None:
+        return pq.read_table(paths if len(paths) > 1 else paths[0], columns=columns, partitioning=None, use_threads=False)
+    blobs = fs.cat(paths) if len(paths) > 1 else {paths[0]: fs.cat_file(paths[0])}
+    tables = [pq.read_table(pa.BufferReader(blobs[_cat_key(fs, p, blobs)]), columns=columns, use_threads=False) for p in paths]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+
+
+def _cat_key(fs, path: str, blobs: dict) -> str:
+    # fsspec's cat keys its result by the stripped path.
+    return path if path in blobs else fs._strip_protocol(path)
+
+
+class ParquetSink:
+    """One Parquet file written a row group at a time: straight to a local path, or, on an
+    object store, into memory and stored with one request when closed (no folder markers,
+    no block list)."""
+
+    def __init__(self, fs, path: str, schema: pa.Schema):
+        self.fs, self.path = fs, path
+        self.local = arrow_filesystem(fs) is None
+        if self.local:
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self.buffer = None
+            self.writer = pq.ParquetWriter(path, schema)
+        else:
+            self.buffer = pa.BufferOutputStream()
+            self.writer = pq.ParquetWriter(self.buffer, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.buffer is not None:
+            self.fs.pipe_file(self.path, self.buffer.getvalue().to_pybytes())
+            self.buffer = None
+
+
+def write_parquet(fs, path: str, table: pa.Table) -> None:
+    """One Parquet file (``ParquetSink``'s requests)."""
+    sink = ParquetSink(fs, path, table.schema)
+    try:
+        sink.write(table)
+    finally:
+        sink.close()
+
+
 def task_filesystem(url: str):
     """``(fs, path)`` of a lake URL, opened inside a Spark task from the executor's own
     environment (credentials never travel from the driver). A missing filesystem package or

@@ -37,7 +37,14 @@ from mm_platform.config import DatasetConfig
 from mm_platform.core.errors import UserError, one_line
 from mm_platform.spark import train as spark_train
 from mm_platform.spark.session import task_count
-from mm_platform.stores.lake import Lake, arrow_filesystem, task_filesystem
+from mm_platform.stores.lake import (
+    Lake,
+    ParquetSink,
+    arrow_filesystem,
+    read_parquet,
+    task_filesystem,
+    write_parquet,
+)
 
 N_BUCKETS = 32  # training-set files are bucketed by series so one series is read from one bucket
 
@@ -225,12 +232,10 @@ def _split_raw_files(fs, files: list[str], raw_schema, cfg: DatasetConfig, run_d
     ``SPLIT_FLUSH_ROWS`` and written one row group per bucket: a row group per raw file and
     bucket (4,224 for 132 files) cost more than the data itself."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     cols = cfg.columns
-    afs = arrow_filesystem(fs)
     wanted = [*cols.keys, cols.date, cols.target, *cols.regressors]
-    writers: dict[int, pq.ParquetWriter] = {}
+    writers: dict[int, ParquetSink] = {}
     pending: list = []
     pending_buckets: list[np.ndarray] = []
     rows = 0
@@ -246,13 +251,12 @@ def _split_raw_files(fs, files: list[str], raw_schema, cfg: DatasetConfig, run_d
         for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)], strict=True):
             b = int(bucket[start])
             if b not in writers:
-                fs.makedirs(f"{out}/bucket={b}", exist_ok=True)
-                writers[b] = pq.ParquetWriter(f"{out}/bucket={b}/part-{task:05d}.parquet", table.schema, filesystem=afs)
-            writers[b].write_table(table.slice(start, end - start))
+                writers[b] = ParquetSink(fs, f"{out}/bucket={b}/part-{task:05d}.parquet", table.schema)
+            writers[b].write(table.slice(start, end - start))
 
     try:
         for path in files:
-            table = pq.read_table(path, columns=wanted, partitioning=None, use_threads=False, filesystem=afs)
+            table = read_parquet(fs, path, columns=wanted)
             table, bucket = _training_table(table.cast(pa.schema([raw_schema.field(n) for n in wanted])), cfg, run_date)
             if not table.num_rows:
                 continue
@@ -274,16 +278,13 @@ def _sort_bucket(fs, fragments: list[str], out: str) -> tuple[int, int]:
     its rows and series (a series is in one bucket, so the counts add up across buckets)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    afs = arrow_filesystem(fs)
-    table = pq.read_table(sorted(fragments), partitioning=None, use_threads=False, filesystem=afs)
+    table = read_parquet(fs, sorted(fragments))
     # Sort by (rank of the series id, date): integers sort at half the cost of the strings.
     series = pc.dictionary_encode(table["series_id"]).combine_chunks()
     rank = pc.rank(series.dictionary, sort_keys="ascending", tiebreaker="dense").to_numpy()
     order = np.lexsort((table["ds"].combine_chunks().cast(pa.int64()).to_numpy(), rank[series.indices.to_numpy()]))
-    fs.makedirs(out, exist_ok=True)
-    pq.write_table(table.take(order), f"{out}/part-00000.parquet", filesystem=afs)
+    write_parquet(fs, f"{out}/part-00000.parquet", table.take(order))
     return table.num_rows, len(series.dictionary)
 
 
@@ -332,14 +333,13 @@ def _sort_task_fn(url: str, fragments: dict[int, list[str]], out: str):
 def _read_files_fn(url: str, files: list[tuple[str, int]], columns: list[str]):
     """A task reading whole training-set files (``dataframe``), with their bucket."""
     def run(batches):
-        import pyarrow.parquet as pq
 
         fs = None
         for batch in batches:
             for i in batch["id"]:
                 fs = fs or task_filesystem(url)[0]
                 path, bucket = files[int(i)]
-                pdf = pq.read_table(path, filesystem=arrow_filesystem(fs), partitioning=None).to_pandas()
+                pdf = read_parquet(fs, path).to_pandas()
                 yield pdf.assign(bucket=np.int32(bucket))[columns]
 
     return run
