@@ -308,7 +308,13 @@ def worker(argv: list[str]) -> None:
 
         phases = _timed_phases(train_step, ("train_with_shared", "register_model_set", "_write_report"))
         _timed_phases(ts, ("_raw_schema", "_run_tasks"), phases, prefix="build.")
-        _timed_phases(ts.FsspecTrainingSets, ("_commit", "_remove_leftovers", "_manifest_files", "_bucket_files"), phases, prefix="store.")
+        _timed_phases(ts.FsspecTrainingSets, ("_commit", "_remove_leftovers", "_manifest_files", "_bucket_files", "train"),
+                      phases, prefix="store.")
+        import mm_platform.spark.train as spark_train
+        from mm_platform.stores.registry import ModelRegistry
+
+        _timed_phases(spark_train, ("train_buckets",), phases, prefix="spark.")
+        _timed_phases(ModelRegistry, ("latest_by_series", "register_many"), phases, prefix="registry.")
         _mark("start")
         t0 = time.perf_counter()
         build_training_sets(spark, lake, cfg, RUN_DATE)

@@ -166,15 +166,19 @@ def training_rows(raw: DataFrame, cfg: DatasetConfig, run_date: date) -> DataFra
 def _raw_schema(files: list[str], fs=None):
     """One schema for all raw files (their footers only): int32 in one month and int64 in
     another become int64, as they would have to for Spark."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # Concurrently: on an object store each footer is a round trip.
-    with ThreadPoolExecutor(min(16, max(1, len(files)))) as pool:
-        schemas = list(pool.map(lambda f: pq.read_schema(f, filesystem=fs), files))
+    schemas = _footers(lambda f: pq.read_schema(f, filesystem=fs), files)
     return pa.unify_schemas(schemas, promote_options="permissive")
+
+
+def _footers(read, files: list[str]) -> list:
+    """``read`` of every file, concurrently: on an object store each footer is a round trip."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, max(1, len(files)))) as pool:
+        return list(pool.map(read, files))
 
 
 def _arrow_key_type(t) -> bool:
@@ -525,7 +529,7 @@ class FsspecTrainingSets(TrainingSetStore):
         # The key types as the groupBy path has them, from one footer (not a Spark job).
         sample = pq.read_schema(files[0][0], filesystem=afs)
         key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in self.cfg.keys]
-        rows = sum(pq.read_metadata(f, filesystem=afs).num_rows for f, _ in files)
+        rows = sum(m.num_rows for m in _footers(lambda f: pq.read_metadata(f, filesystem=afs), [f for f, _ in files]))
         buckets = sorted({self.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
         return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, spec=spec, known=known,
                                          previous=previous, only_series=only_series, shared=shared)
