@@ -178,3 +178,40 @@ def test_object_store_parquet_io_is_one_request_per_file():
     assert both.to_pydict() == pa.concat_tables([a, b, b]).to_pydict()
     assert one.to_pydict() == {"y": [4.0]}
     fs.rm(base, recursive=True)
+
+
+def test_manifest_records_each_raw_files_schema_as_written(tmp_path, monkeypatch):
+    """The build's raw schema comes from the manifest, which records each month file's schema
+    as written (no footer read per file; on an object store each is a round trip): the same
+    types the footers have, after an upsert (nanosecond dates, a contract) and a conform; a
+    file written before the manifest recorded schemas is read from its footer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake = Lake(str(tmp_path / "lake"))
+    frame = pd.DataFrame({"store": [1, 1, 2], "item": [1, 2, 1], "units": [1.0, 2.0, 3.0],
+                          "date": pd.to_datetime(["2025-01-31", "2025-02-01", "2025-02-02"])})
+    lake.upsert_raw("sales", frame, ["store", "item"], "date")
+    contract = pa.schema([("store", pa.int64()), ("item", pa.int64()), ("units", pa.float64()), ("date", pa.timestamp("ns"))])
+    more = frame.assign(date=pd.to_datetime(["2025-03-01"] * 3))
+    lake.upsert_raw("sales", more, ["store", "item"], "date", schema=contract)
+    lake.conform_raw("sales", pa.schema([("store", pa.int32()), ("item", pa.int64()), ("units", pa.float64()),
+                                         ("date", pa.timestamp("us"))]))
+
+    def footers():
+        return [pq.read_schema(f).remove_metadata() for f in lake.raw_files("sales")]
+
+    manifest = lake.read_manifest("sales")
+    expected = footers()
+    assert {str(s.field("store").type) for s in expected} == {"int32"}  # the conform was recorded
+    assert sorted(manifest["schemas"]) == sorted(manifest["files"].values())
+    reads = []
+    real = pq.read_schema
+    monkeypatch.setattr(pq, "read_schema", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    assert [s.remove_metadata() for s in lake.raw_schemas("sales")] == expected
+    assert reads == []
+
+    # a lake written before schemas were recorded: its files' footers are read instead
+    lake.update_manifest("sales", schemas={})
+    assert [s.remove_metadata() for s in lake.raw_schemas("sales")] == expected
+    assert len(reads) == len(manifest["files"])

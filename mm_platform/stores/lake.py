@@ -19,6 +19,7 @@ column's type. Quarantined rows carry a ``row_hash`` so a row read again is kept
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import uuid
@@ -82,6 +83,38 @@ def arrow_filesystem(fs):
     local I/O, faster than going through fsspec) for a local filesystem, else ``fs``."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return None if protocol in ("file", "local") else fs
+
+
+def _file_schemas(manifest: dict, files: dict[str, str], new_files: dict[str, str], schemas) -> dict[str, str]:
+    """The manifest's ``schemas`` (month file -> its schema) after a write: the new files'
+    (``schemas``: one schema for all, or month -> schema), the kept files' as they were."""
+    kept = {rel: text for rel, text in (manifest.get("schemas") or {}).items() if rel in files.values()}
+    for m, rel in new_files.items():
+        kept[rel] = _schema_text(_as_written(schemas if isinstance(schemas, pa.Schema) else schemas[m]))
+    return kept
+
+
+def read_concurrently(read, items: list) -> list:
+    """``read`` of every item (a file's footer…), concurrently: on an object store each is a
+    round trip."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, max(1, len(items)))) as pool:
+        return list(pool.map(read, items))
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.remove_metadata().serialize().to_pybytes()).decode()
+
+
+def _schema_of(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def _as_written(schema: pa.Schema) -> pa.Schema:
+    """The schema a month file has once written (``Lake._write_month`` stores timestamps in
+    microseconds, the finest unit Spark reads)."""
+    return pa.schema([f.with_type(pa.timestamp("us", f.type.tz)) if pa.types.is_timestamp(f.type) else f for f in schema])
 
 
 def read_parquet(fs, paths, columns: list[str] | None = None) -> pa.Table:
@@ -270,6 +303,17 @@ class Lake:
             return None
         return pq.read_schema(self.path("raw", table, files[max(files)]), filesystem=self.fs)
 
+    def raw_schemas(self, table: str) -> list[pa.Schema]:
+        """The schema of every month file of the table: from the manifest, which records each
+        file's schema as it is written, or (files written before it did) from their footers."""
+        manifest = self.read_manifest(table)
+        stored = manifest.get("schemas") or {}
+        rels = sorted(manifest["files"].values())
+        missing = [r for r in rels if r not in stored]
+        read = dict(zip(missing, read_concurrently(
+            lambda r: pq.read_schema(self.path("raw", table, r), filesystem=self.fs), missing), strict=True))
+        return [_schema_of(stored[r]) if r in stored else read[r] for r in rels]
+
     def conform_raw(self, table: str, schema: pa.Schema) -> int:
         """Rewrite every month file whose column types differ from ``schema`` (e.g. a key
         written as double by a NULL before types were fixed) and swap the manifest once.
@@ -286,7 +330,8 @@ class Lake:
         if new_files:
             superseded = [files[m] for m in new_files]
             files.update(new_files)
-            self._write_manifest(table, {**manifest, "version": manifest["version"] + 1, "files": files})
+            self._write_manifest(table, {**manifest, "version": manifest["version"] + 1, "files": files,
+                                         "schemas": _file_schemas(manifest, files, new_files, schema)})
             self._delete(table, superseded)
         return len(new_files)
 
@@ -356,6 +401,7 @@ class Lake:
         manifest = self.read_manifest(table)
         files = dict(manifest["files"])
         new_files: dict[str, str] = {}
+        written: dict[str, pa.Schema] = {}  # month -> the schema of its new file
         inserted = updated = 0
         key_cols = [*keys, date_col]
         newest = None
@@ -389,6 +435,7 @@ class Lake:
             else:
                 data = pa.Table.from_pandas(merged, preserve_index=False)
             new_files[m] = self._write_month(table, m, data)
+            written[m] = data.schema
         if not new_files:
             return {"inserted": 0, "updated": 0, "files_written": 0}
         if inserted == 0 and updated == 0:
@@ -409,6 +456,7 @@ class Lake:
                 **(extra or {}),
                 "version": manifest["version"] + 1,
                 "files": files,
+                "schemas": _file_schemas(manifest, files, new_files, written),
                 "watermark": watermark,
                 "rows": manifest.get("rows", 0) + inserted,
             },

@@ -41,6 +41,7 @@ from mm_platform.stores.lake import (
     Lake,
     ParquetSink,
     arrow_filesystem,
+    read_concurrently,
     read_parquet,
     task_filesystem,
     write_parquet,
@@ -163,22 +164,12 @@ def training_rows(raw: DataFrame, cfg: DatasetConfig, run_date: date) -> DataFra
 # per row and little that is fixed. Spark still schedules the tasks.
 
 
-def _raw_schema(files: list[str], fs=None):
-    """One schema for all raw files (their footers only): int32 in one month and int64 in
-    another become int64, as they would have to for Spark."""
+def _raw_schema(lake: Lake, table: str):
+    """One schema for all raw files (the manifest's record of them, or their footers): int32
+    in one month and int64 in another become int64, as they would have to for Spark."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schemas = _footers(lambda f: pq.read_schema(f, filesystem=fs), files)
-    return pa.unify_schemas(schemas, promote_options="permissive")
-
-
-def _footers(read, files: list[str]) -> list:
-    """``read`` of every file, concurrently: on an object store each footer is a round trip."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(16, max(1, len(files)))) as pool:
-        return list(pool.map(read, files))
+    return pa.unify_schemas(lake.raw_schemas(table), promote_options="permissive")
 
 
 def _arrow_key_type(t) -> bool:
@@ -421,7 +412,7 @@ class FsspecTrainingSets(TrainingSetStore):
     def build(self, spark: SparkSession, run_date: date) -> dict:
         cfg, lake = self.cfg, self.lake
         raw_files = [lake.path("raw", cfg.source.table, rel) for rel in self._manifest_files()]
-        raw_schema = _raw_schema(raw_files, arrow_filesystem(lake.fs))
+        raw_schema = _raw_schema(lake, cfg.source.table)
         cols = cfg.columns
         missing = [c for c in [*cols.keys, cols.date, cols.target, *cols.regressors] if c not in raw_schema.names]
         if missing:
@@ -529,7 +520,7 @@ class FsspecTrainingSets(TrainingSetStore):
         # The key types as the groupBy path has them, from one footer (not a Spark job).
         sample = pq.read_schema(files[0][0], filesystem=afs)
         key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in self.cfg.keys]
-        rows = sum(m.num_rows for m in _footers(lambda f: pq.read_metadata(f, filesystem=afs), [f for f, _ in files]))
+        rows = sum(m.num_rows for m in read_concurrently(lambda f: pq.read_metadata(f, filesystem=afs), [f for f, _ in files]))
         buckets = sorted({self.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
         return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, spec=spec, known=known,
                                          previous=previous, only_series=only_series, shared=shared)
