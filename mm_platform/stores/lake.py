@@ -297,18 +297,20 @@ class Lake:
         return t.to_pandas()
 
     def raw_schema(self, table: str) -> pa.Schema | None:
-        """The schema of the table's newest month file (its footer only), or None if empty."""
-        files = self.read_manifest(table)["files"]
-        if not files:
-            return None
-        return pq.read_schema(self.path("raw", table, files[max(files)]), filesystem=self.fs)
+        """The schema of the table's newest month file, or None if empty."""
+        manifest = self.read_manifest(table)
+        files = manifest["files"]
+        return self._file_schemas(table, manifest, [files[max(files)]])[0] if files else None
 
     def raw_schemas(self, table: str) -> list[pa.Schema]:
-        """The schema of every month file of the table: from the manifest, which records each
-        file's schema as it is written, or (files written before it did) from their footers."""
+        """The schema of every month file of the table."""
         manifest = self.read_manifest(table)
+        return self._file_schemas(table, manifest, sorted(manifest["files"].values()))
+
+    def _file_schemas(self, table: str, manifest: dict, rels: list[str]) -> list[pa.Schema]:
+        """The schemas of month files ``rels``: from the manifest, which records each file's
+        schema as it is written, or (files written before it did) from their footers."""
         stored = manifest.get("schemas") or {}
-        rels = sorted(manifest["files"].values())
         missing = [r for r in rels if r not in stored]
         read = dict(zip(missing, read_concurrently(
             lambda r: pq.read_schema(self.path("raw", table, r), filesystem=self.fs), missing), strict=True))

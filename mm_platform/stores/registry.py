@@ -40,7 +40,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 log = logging.getLogger(__name__)
 
 CHECK_BATCH = 500  # registered models per query of aliased versions
-REGISTER_CHUNK = 500  # models per chunk of register_many (artifacts written, rows flushed)
+REGISTER_CHUNK = 500  # models per chunk of register_many (artifacts written, rows inserted)
 SEARCH_BATCH = 100  # names per search_registered_models query (client API)
 
 
@@ -358,9 +358,9 @@ class ModelRegistry:
         then one new model version each (optionally moving ``alias`` to it).
 
         On a database-backed registry (SQLite, PostgreSQL, MySQL, SQL Server) the versions,
-        tags and aliases are written in one transaction through MLflow's own ORM models:
-        thousands of versions in seconds, and all or nothing. ``entries`` is consumed
-        ``REGISTER_CHUNK`` at a time (artifacts to a temp folder, rows flushed), so the
+        tags and aliases are inserted into MLflow's own tables in one transaction: thousands
+        of versions in a second or two, and all or nothing. ``entries`` is consumed
+        ``REGISTER_CHUNK`` at a time (artifacts to a temp folder, rows inserted), so the
         caller can stream them and the driver's memory does not grow with the model set; the
         transaction commits only after the artifacts are uploaded. Other registries (an
         MLflow server over HTTP) get one client call per model.

@@ -517,10 +517,11 @@ class FsspecTrainingSets(TrainingSetStore):
         if not files:
             return pd.DataFrame(columns=[*self.cfg.keys, *(n for n, _ in spark_train.RESULT_FIELDS)])
         afs = arrow_filesystem(self.lake.fs)
-        # The key types as the groupBy path has them, from one footer (not a Spark job).
-        sample = pq.read_schema(files[0][0], filesystem=afs)
+        footers = read_concurrently(lambda f: pq.read_metadata(f, filesystem=afs), [f for f, _ in files])
+        # The key types as the groupBy path has them, from a footer (not a Spark job).
+        sample = footers[0].schema.to_arrow_schema()
         key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in self.cfg.keys]
-        rows = sum(m.num_rows for m in read_concurrently(lambda f: pq.read_metadata(f, filesystem=afs), [f for f, _ in files]))
+        rows = sum(m.num_rows for m in footers)
         buckets = sorted({self.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
         return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, spec=spec, known=known,
                                          previous=previous, only_series=only_series, shared=shared)
