@@ -48,3 +48,69 @@ def test_local_bucket_training_equals_the_groupby_path(tmp_path, spark):
     assert fast["series_id"].tolist() == only
     assert fast["status"].tolist() == ["unchanged", "trained", "trained"]
     pd.testing.assert_frame_equal(fast.drop(columns="fit_seconds"), slow.drop(columns="fit_seconds"))
+
+
+def test_large_buckets_are_cut_between_series_and_training_deals_files_by_rows(tmp_path, spark, monkeypatch):
+    """A bucket larger than ``BUCKET_FILE_ROWS`` is written as several files cut between
+    series (a series is in one file), so training can run more tasks than there are buckets;
+    the models are the same as from one file per bucket."""
+    import pyarrow.parquet as pq
+
+    import mm_platform.stores.training_sets as ts
+    from mm_platform.spark import train as spark_train
+
+    cfg = load_config(write_config(tmp_path))
+    write_sales(cfg.source.url, "sales", 4, 10, 120, seed=5)
+    lake = Lake(cfg.storage.lake_url)
+    ingest(cfg, lake, cfg.source.url, RUN)
+    build_training_sets(spark, lake, cfg, RUN)
+    whole = LocalTrainingSets(lake, cfg).train(spark, RUN)
+
+    monkeypatch.setattr(ts, "BUCKET_FILE_ROWS", 250)  # about two series a file
+    stats = build_training_sets(spark, lake, cfg, RUN)
+    assert stats["series"] == 40
+    store = LocalTrainingSets(lake, cfg)
+    files = store._bucket_files(RUN)
+    buckets = {b for _, b in files}
+    assert len(files) > len(buckets)  # some buckets were cut
+    seen = set()
+    for f, _ in files:
+        t = pq.read_table(f)
+        assert t.num_rows <= 250 or t["series_id"].unique().to_pylist().__len__() == 1
+        ids = t["series_id"].to_pylist()
+        assert ids == sorted(ids)  # sorted by series within the file
+        assert not seen & set(ids)  # no series in two files
+        seen |= set(ids)
+    assert len(seen) == 40
+
+    dealt = []
+    real = spark_train.balanced_shares
+    monkeypatch.setattr(spark_train, "balanced_shares", lambda sizes, n: dealt.append((sizes, n)) or real(sizes, n))
+    import mm_platform.spark.session as session
+
+    monkeypatch.setattr(session, "ROWS_PER_TASK", 100)  # a task per file, as a large set on a large cluster
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", str(len(files)))
+    try:
+        cut = store.train(spark, RUN)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
+    sizes, tasks = dealt[-1]
+    assert sizes == [pq.read_metadata(f).num_rows for f, _ in files]
+    assert tasks == len(files) > len(buckets)
+    pd.testing.assert_frame_equal(cut.drop(columns="fit_seconds"), whole.drop(columns="fit_seconds"))
+    assert store.history(RUN, ["store=1,item=1"])["ds"].is_monotonic_increasing
+
+
+def test_balanced_shares_deal_the_largest_first_to_the_least_loaded_task():
+    from mm_platform.spark.session import balanced_shares
+
+    sizes = [10, 90, 40, 40, 30, 30, 20, 10]
+    shares = balanced_shares(sizes, 3)
+    assert sorted(i for s in shares for i in s) == list(range(len(sizes)))
+    totals = [sum(sizes[i] for i in s) for s in shares]
+    assert totals == sorted(totals, reverse=True)  # heaviest task first
+    assert max(totals) == 90  # the best possible: the largest unit alone
+    # contiguous runs (what spark.range deals) would give 140 / 100 / 30 here
+    assert balanced_shares([5, 5], 4) == [[0], [1]]  # never an empty task
+    assert balanced_shares([3, 1, 1, 1], 1) == [[0, 1, 2, 3]]

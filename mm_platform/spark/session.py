@@ -157,3 +157,25 @@ if __name__ == "__main__":
     # ``jvm_archive.build`` records the archive in.
     if sys.argv[1:] == ["--record-class-archive"]:
         record_class_archive()
+
+
+def balanced_shares(sizes: list[int], tasks: int) -> list[list[int]]:
+    """Indices of ``sizes`` (units of work: rows of a file…) dealt to ``tasks`` tasks so that
+    their totals are as even as a greedy deal makes them: largest unit first, each to the task
+    with the least so far (at most 4/3 of the best possible longest task). A stage ends with
+    its longest task, so contiguous runs of units (as ``spark.range`` would deal them) leave
+    the other executors idle at the end whenever the units differ in size. Tasks come out
+    heaviest first, so Spark starts the longest ones first."""
+    import heapq
+
+    tasks = max(1, min(tasks, len(sizes)))
+    heap = [(0, t) for t in range(tasks)]
+    shares: list[list[int]] = [[] for _ in range(tasks)]
+    totals = [0] * tasks
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        total, t = heapq.heappop(heap)
+        shares[t].append(i)
+        totals[t] = total + sizes[i]
+        heapq.heappush(heap, (totals[t], t))
+    order = sorted(range(tasks), key=lambda t: (-totals[t], t))
+    return [sorted(shares[t]) for t in order if shares[t]]

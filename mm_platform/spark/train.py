@@ -15,7 +15,7 @@ from pyspark.sql import types as T
 from mm_platform.config import DatasetConfig
 from mm_platform.core.vocabulary import METRICS, UNCHANGED
 from mm_platform.forecasting.series import TrainSpec, train_series
-from mm_platform.spark.session import task_count
+from mm_platform.spark.session import balanced_shares, task_count
 
 RESULT_FIELDS = [
     ("series_id", T.StringType()),
@@ -171,17 +171,20 @@ def train_grouped(
 
 
 def _read_bucket(url: str) -> pd.DataFrame:
-    """One bucket folder of a training set (a local path or any fsspec URL, opened from this
-    executor's environment) as Spark hands it to ``applyInPandas``: naive UTC
-    ``datetime64[ns]`` dates (the session time zone is UTC), rows sorted by series and date
-    as written."""
+    """One bucket folder of a training set, or one file of a bucket (a local path or any
+    fsspec URL, opened from this executor's environment; either holds whole series) as Spark
+    hands it to ``applyInPandas``: naive UTC ``datetime64[ns]`` dates (the session time zone
+    is UTC), rows sorted by series and date as written."""
     from mm_platform.stores.lake import read_parquet, task_filesystem
 
     fs, path = task_filesystem(url)
-    files = sorted(
-        f for f in fs.ls(path, detail=False)
-        if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))
-    )
+    if path.endswith(".parquet"):
+        files = [path]
+    else:
+        files = sorted(
+            f for f in fs.ls(path, detail=False)
+            if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))
+        )
     pdf = read_parquet(fs, files).to_pandas()
     ds = pdf["ds"]
     if getattr(ds.dtype, "tz", None) is not None:
@@ -201,10 +204,11 @@ def _shipped(spark: SparkSession, value):
 
 
 def _train_buckets_fn(
-    spec: TrainSpec, keys: list[str], columns: list[str], buckets: list[str], known_previous,
-    only: frozenset[str] | None, shared=None,
+    spec: TrainSpec, keys: list[str], columns: list[str], buckets: list[str], shares: list[list[int]],
+    known_previous, only: frozenset[str] | None, shared=None,
 ):
-    """``known_previous``: ``(known, previous)``, or a broadcast of it (``_shipped``)."""
+    """Task ``i`` trains the series of ``buckets[j]`` for each ``j`` in ``shares[i]``.
+    ``known_previous``: ``(known, previous)``, or a broadcast of it (``_shipped``)."""
 
     def run(batches):
         from mm_platform.core.errors import UserError, one_line
@@ -231,17 +235,16 @@ def _train_buckets_fn(
     def train(batches, train_row):
         import numpy as np
 
-        for batch in batches:
-            for i in batch["id"]:
-                pdf = _read_bucket(buckets[int(i)])
-                if only is not None:
-                    pdf = pdf[pdf["series_id"].isin(only)].reset_index(drop=True)
-                if pdf.empty:
-                    continue
-                sid = pdf["series_id"].to_numpy()
-                starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-                ends = np.r_[starts[1:], len(sid)]
-                yield pd.DataFrame([train_row(pdf.iloc[a:b]) for a, b in zip(starts, ends, strict=True)], columns=columns)
+        for j in (j for batch in batches for i in batch["id"] for j in shares[int(i)]):
+            pdf = _read_bucket(buckets[j])
+            if only is not None:
+                pdf = pdf[pdf["series_id"].isin(only)].reset_index(drop=True)
+            if pdf.empty:
+                continue
+            sid = pdf["series_id"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+            ends = np.r_[starts[1:], len(sid)]
+            yield pd.DataFrame([train_row(pdf.iloc[a:b]) for a, b in zip(starts, ends, strict=True)], columns=columns)
 
     return run
 
@@ -249,14 +252,16 @@ def _train_buckets_fn(
 def train_buckets(
     spark: SparkSession, buckets: list[str], key_schema: list[tuple[str, T.DataType]], rows: int, cfg: DatasetConfig,
     spec: TrainSpec | None = None, known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
-    only_series: list[str] | None = None, shared=None,
+    only_series: list[str] | None = None, shared=None, sizes: list[int] | None = None,
 ) -> pd.DataFrame:
     """``train_grouped`` without its shuffle, for a training set already bucketed by series
-    (a series is in one bucket): each Spark task reads whole bucket folders (``buckets``,
-    local paths or fsspec URLs its workers can open) and trains every series in them. ``key_schema``: the keys'
-    Spark types; ``rows``: the set's row count (it sets the task count). Same rows as
-    ``train_grouped``, sorted by series id. ``shared``: the global family's shared models
-    (``spark.global_train``)."""
+    (a series is in one bucket, and in one file of it): each Spark task reads whole parts of
+    the set (``buckets``: bucket folders or bucket files, local paths or fsspec URLs its
+    workers can open) and trains every series in them. ``key_schema``: the keys' Spark types;
+    ``rows``: the set's row count (it sets the task count); ``sizes``: each part's rows, by
+    which the parts are dealt to the tasks (``balanced_shares``; equal if not given). Same
+    rows as ``train_grouped``, sorted by series id. ``shared``: the global family's shared
+    models (``spark.global_train``)."""
     spec = spec or train_spec(cfg)
     keys = cfg.keys
     schema = T.StructType([T.StructField(k, t) for k, t in key_schema] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
@@ -265,11 +270,12 @@ def train_buckets(
     only = frozenset(only_series) if only_series is not None else None
     state = (known or {}, previous or {})
     shipped = _shipped(spark, state) if state[0] or state[1] else state
-    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, shipped, only, shared)
-    # Each task takes a contiguous run of bucket indices; as many tasks as the data needs
-    # (at most spark.sql.shuffle.partitions, as the groupBy path has).
+    # As many tasks as the data needs (at most spark.sql.shuffle.partitions, as the groupBy
+    # path has), each given parts of about the same number of rows.
+    shares = balanced_shares(sizes or [1] * len(buckets), task_count(spark, len(buckets), rows))
+    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, shares, shipped, only, shared)
     try:
-        result = spark.range(0, len(buckets), 1, task_count(spark, len(buckets), rows)).mapInPandas(fn, schema=schema).toPandas()
+        result = spark.range(0, len(shares), 1, len(shares)).mapInPandas(fn, schema=schema).toPandas()
     finally:
         if shipped is not state:
             shipped.unpersist()

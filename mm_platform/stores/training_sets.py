@@ -1,7 +1,8 @@
 """The training-set store: each run date's per-series training data in the lake — keys,
 ``series_id``, ``ds``, ``y`` and the regressors — bucketed by series (Spark's
 ``pmod(xxhash64(series_id), 32)``) and sorted by series and date in each bucket, so one series
-is read from one bucket.
+is read from one bucket, and from one file of it (a large bucket is several files, cut between
+series: training deals files, not buckets, to its tasks).
 
 One data path for every lake fsspec can open (``FsspecTrainingSets``): Spark tasks read the
 raw month files, write the bucket fragments and the sorted buckets, and training tasks read
@@ -268,9 +269,16 @@ def _split_raw_files(fs, files: list[str], raw_schema, cfg: DatasetConfig, run_d
     return rows, sorted(writers)
 
 
-def _sort_bucket(fs, fragments: list[str], out: str) -> tuple[int, int]:
-    """Reduce stage: one bucket's fragments -> one file sorted by series and date (on ``fs``);
-    its rows and series (a series is in one bucket, so the counts add up across buckets)."""
+# Rows of a bucket file: a bucket larger than this is written as several files, cut between
+# series, so training can deal a large set to more tasks than there are buckets.
+BUCKET_FILE_ROWS = 1_000_000
+
+
+def _sort_bucket(fs, fragments: list[str], out: str, file_rows: int) -> tuple[int, int]:
+    """Reduce stage: one bucket's fragments -> its files (on ``fs``), sorted by series and
+    date, each of at most ``file_rows`` rows unless one series has more (a series is never
+    cut); its rows and series (a series is in one bucket, so the counts add up across
+    buckets)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -278,9 +286,31 @@ def _sort_bucket(fs, fragments: list[str], out: str) -> tuple[int, int]:
     # Sort by (rank of the series id, date): integers sort at half the cost of the strings.
     series = pc.dictionary_encode(table["series_id"]).combine_chunks()
     rank = pc.rank(series.dictionary, sort_keys="ascending", tiebreaker="dense").to_numpy()
-    order = np.lexsort((table["ds"].combine_chunks().cast(pa.int64()).to_numpy(), rank[series.indices.to_numpy()]))
-    write_parquet(fs, f"{out}/part-00000.parquet", table.take(order))
+    ranks = rank[series.indices.to_numpy()]
+    order = np.lexsort((table["ds"].combine_chunks().cast(pa.int64()).to_numpy(), ranks))
+    table, ranks = table.take(order), ranks[order]
+    for i, (start, end) in enumerate(_file_bounds(ranks, file_rows)):
+        write_parquet(fs, f"{out}/part-{i:05d}.parquet", table.slice(start, end - start))
     return table.num_rows, len(series.dictionary)
+
+
+def _file_bounds(sorted_series: np.ndarray, most: int) -> list[tuple[int, int]]:
+    """``(start, end)`` row ranges of at most ``most`` rows over rows sorted by series, cut
+    only where the series changes (a longer series is one range of its own)."""
+    n = len(sorted_series)
+    if n <= most:
+        return [(0, n)]
+    starts = np.flatnonzero(np.r_[True, sorted_series[1:] != sorted_series[:-1]])
+    bounds, start = [], 0
+    while start < n:
+        # the last series start at or before start + most that is past start; else the next one
+        i = np.searchsorted(starts, start + most, side="right") - 1
+        end = int(starts[i]) if starts[i] > start else (int(starts[i + 1]) if i + 1 < len(starts) else n)
+        if start + most >= n:
+            end = n
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 # Spark tasks report a user error (missing fsspec package, missing credentials) as a status
@@ -312,6 +342,7 @@ def _split_task_fn(url: str, files: list[str], raw_schema, cfg: DatasetConfig, r
 
 def _sort_task_fn(url: str, fragments: dict[int, list[str]], out: str):
     buckets = sorted(fragments)
+    file_rows = BUCKET_FILE_ROWS  # the driver's setting, shipped with the function
 
     def run(batches):
         fs = None
@@ -319,7 +350,7 @@ def _sort_task_fn(url: str, fragments: dict[int, list[str]], out: str):
             for i in batch["id"]:
                 fs = fs or task_filesystem(url)[0]
                 b = buckets[int(i)]
-                rows, series = _sort_bucket(fs, fragments[b], f"{out}/bucket={b}")
+                rows, series = _sort_bucket(fs, fragments[b], f"{out}/bucket={b}", file_rows)
                 yield pd.DataFrame({"rows": [rows], "series": [series], "error": [None]})
 
     return _guarded(run, ["rows", "series", "error"])
@@ -521,10 +552,11 @@ class FsspecTrainingSets(TrainingSetStore):
         # The key types as the groupBy path has them, from a footer (not a Spark job).
         sample = footers[0].schema.to_arrow_schema()
         key_schema = [(k, from_arrow_type(sample.field(k).type)) for k in self.cfg.keys]
-        rows = sum(m.num_rows for m in footers)
-        buckets = sorted({self.lake.uri_of(f.rsplit("/", 1)[0]) for f, _ in files})
-        return spark_train.train_buckets(spark, buckets, key_schema, rows, self.cfg, spec=spec, known=known,
-                                         previous=previous, only_series=only_series, shared=shared)
+        # Each file holds whole series: the tasks get files, dealt by their rows.
+        return spark_train.train_buckets(spark, [self.lake.uri_of(f) for f, _ in files], key_schema,
+                                         sum(m.num_rows for m in footers), self.cfg, spec=spec, known=known,
+                                         previous=previous, only_series=only_series, shared=shared,
+                                         sizes=[m.num_rows for m in footers])
 
 
 class SparkTrainingSets(FsspecTrainingSets):
