@@ -20,7 +20,9 @@
     workers' speed-up over one; ``--sides local,cluster_2_cores`` runs only those sides.
     ``--core-share 0.5`` caps the driver, Azurite and each worker at half a core (a core per
     role, emulated: see ``CpuCaps``); ``--warm-session`` times training in an application
-    whose executors already ran the same path once (a long-running cluster).
+    whose executors already ran the same path once (a long-running cluster). ``--repeat N``
+    measures every side N times in turn, each round with fresh stores, and reports each
+    round's ratios and their median (a shared host's noise moves a single ratio by ±0.1).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -436,13 +439,31 @@ def cmd_cluster(args) -> int:
             written = generate_into_lake(next(iter(homes.values())), series, args.days, args.seed)
             entry: dict = {"rows": written, "series": series, "lake_url": lake_url,
                            "generate_s": round(time.perf_counter() - t0, 1)}
-            for name, home in homes.items():
-                if args.warm_session:
-                    _warm_up_home(home, lake_url, args.horizon, WARM_UP_SERIES, args.days, args.seed)
-                entry[name] = _measure_variant(home, {**env, "MM_HOME": str(home)}, [] if name == "local" else workers,
-                                               series, warm=args.warm_session)
-                print(json.dumps({"rows": written, name: entry[name]}), file=sys.stderr, flush=True)
-            entry |= _ratios(entry)
+            rounds = []
+            for r in range(args.repeat):
+                # Each round measures every side again, with stores of its own (a registry that
+                # already holds the models would make the next run retrain nothing).
+                if r:
+                    homes = {name: _variant_home(base, f"{name}-{r + 1}", lake_url, spark, args.horizon)
+                             for name, spark in variants.items()}
+                measured = {}
+                for name, home in homes.items():
+                    if args.warm_session:
+                        _warm_up_home(home, lake_url, args.horizon, WARM_UP_SERIES, args.days, args.seed)
+                    measured[name] = _measure_variant(home, {**env, "MM_HOME": str(home)},
+                                                      [] if name == "local" else workers, series, warm=args.warm_session)
+                    print(json.dumps({"rows": written, "round": r + 1, name: measured[name]}), file=sys.stderr, flush=True)
+                rounds.append(measured | _ratios(measured))
+            entry |= rounds[0]
+            if args.repeat > 1:
+                # Sides run one after the other on a shared host: a ratio is only as good as the
+                # machine was steady between its two runs. Each round's ratios, and their median.
+                keys = [k for k in rounds[0] if k.startswith(("train_", "score_"))]
+                entry["rounds"] = [{k: rnd[k] for k in keys}
+                                   | {f"{name}_train_wall_s": rnd[name]["train"]["wall_s"] for name in variants}
+                                   | {f"{name}_trained": rnd[name]["train"].get("trained") for name in variants}
+                                   for rnd in rounds]
+                entry |= {f"{k}_median": statistics.median(rnd[k] for rnd in rounds) for k in keys}
             print(json.dumps({"rows": written, **{k: v for k, v in entry.items() if k.startswith(("train_", "score_"))}}),
                   file=sys.stderr, flush=True)
             report["sizes"].append(entry)
@@ -502,5 +523,7 @@ def add_cluster_arguments(p) -> None:
                    "same path once on a small other dataset (executors warm, as on a long-running cluster)")
     p.add_argument("--core-share", type=float, help="cap the driver, Azurite and each worker at this share of a core "
                    "(cgroups; 0.5 on a 2-core host: a core per role at half speed)")
+    p.add_argument("--repeat", type=int, default=1, help="measure every side this many times in turn (1, 2, 1, 2…), "
+                   "each round with fresh stores; reports each round's ratios and their median")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", action="store_true")

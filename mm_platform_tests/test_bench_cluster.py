@@ -36,6 +36,19 @@ def test_cluster_benchmark_starts_its_cluster_and_measures_the_executors(tmp_pat
     assert size["train_speedup_2_over_1_worker"] > 0 and size["score_core_s_cluster_over_local"] > 0
 
 
+def test_cluster_benchmark_repeats_each_side_with_fresh_stores(tmp_path):
+    report = _bench(["cluster", "--rows", "2000", "--days", "400", "--start-cluster", "--lake", "local",
+                     "--sides", "cluster_1_core,cluster_2_cores", "--repeat", "2", "--home", str(tmp_path / "bench")])
+    (size,) = report["sizes"]
+    assert len(size["rounds"]) == 2
+    for rnd in size["rounds"]:  # each round trained every series: its registry started empty
+        assert rnd["train_speedup_2_over_1_worker"] > 0 and rnd["cluster_2_cores_train_wall_s"] > 0
+        assert rnd["cluster_1_core_trained"] == rnd["cluster_2_cores_trained"] == 5
+    walls = [rnd["train_speedup_2_over_1_worker"] for rnd in size["rounds"]]
+    assert size["train_speedup_2_over_1_worker_median"] == sum(walls) / 2
+    assert size["cluster_1_core"]["train"]["trained"] == 5
+
+
 def test_driver_rss_benchmark_runs_the_whole_pipeline_at_each_size(tmp_path):
     report = _bench(["driver-rss", "--series", "4", "--days", "150,300", "--lake", "local", "--home", str(tmp_path / "rss")])
     assert [(r["lake"], r["days"]) for r in report["runs"]] == [("local", 150), ("local", 300)]
