@@ -114,3 +114,30 @@ def test_balanced_shares_deal_the_largest_first_to_the_least_loaded_task():
     # contiguous runs (what spark.range deals) would give 140 / 100 / 30 here
     assert balanced_shares([5, 5], 4) == [[0], [1]]  # never an empty task
     assert balanced_shares([3, 1, 1, 1], 1) == [[0, 1, 2, 3]]
+
+
+def test_series_come_from_the_builds_index_and_sets_without_it_are_scanned(tmp_path, spark):
+    """The build writes each bucket's series (keys and id) beside its files; ``series()``
+    reads those, and a bucket without one (a set built before it) is scanned as before, with
+    the same answer. The index is not data: training and ``dataframe`` do not read it."""
+    cfg = load_config(write_config(tmp_path))
+    write_sales(cfg.source.url, "sales", 3, 4, 60, seed=9)
+    lake = Lake(cfg.storage.lake_url)
+    ingest(cfg, lake, cfg.source.url, RUN)
+    build_training_sets(spark, lake, cfg, RUN)
+    store = LocalTrainingSets(lake, cfg)
+    indexes = sorted(p for p in (tmp_path / "lake").rglob("_series_index"))
+    assert len(indexes) == len({b for _, b in store._bucket_files(RUN)}) > 1
+    assert all(f.endswith("part-00000.parquet") for f, _ in store._bucket_files(RUN))
+    indexed = store.series(RUN)
+    assert indexed.columns.tolist() == ["store", "item", "series_id"] and len(indexed) == 12
+
+    indexes[0].unlink()  # one bucket as an older build left it
+    partly = store.series(RUN)
+    for p in indexes[1:]:
+        p.unlink()
+    scanned = store.series(RUN)
+    rows = store.dataframe(spark, RUN).select("store", "item", "series_id").distinct().toPandas()
+    for got in (partly, scanned, rows):
+        pd.testing.assert_frame_equal(got.sort_values("series_id").reset_index(drop=True),
+                                      indexed.sort_values("series_id").reset_index(drop=True), check_dtype=False)

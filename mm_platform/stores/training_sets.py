@@ -99,16 +99,30 @@ class TrainingSetStore(ABC):
 
     def series(self, run_date: date) -> pd.DataFrame:
         """The partition keys and series ids the run date's set holds (one row each), read with
-        pyarrow: only those columns, a fraction of a second even for tens of millions of rows,
-        where a Spark job costs seconds of JVM time."""
+        pyarrow, not a Spark job: each bucket's series index (one request per bucket), or, for
+        a bucket without one (a set built before the index, or by Spark's writer), only those
+        columns of its files."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         columns = [*self.cfg.keys, "series_id"]
+        fs = self.lake.fs
+        fragments = list(self._dataset(run_date).get_fragments())
+        folders = sorted({f.path.rsplit("/", 1)[0] for f in fragments})
+
+        def index(folder):
+            try:
+                return read_parquet(fs, f"{folder}/{SERIES_INDEX}", columns=columns)
+            except FileNotFoundError:
+                return None
+
+        indexes = dict(zip(folders, read_concurrently(index, folders), strict=True))
+        parts = [t for t in indexes.values() if t is not None]
         # One batch of one file at a time (a series is in one bucket): the driver holds a
         # batch's keys and the distinct series, whatever the length of the histories.
-        parts = []
-        for f in self._dataset(run_date).get_fragments():
+        for f in fragments:
+            if indexes[f.path.rsplit("/", 1)[0]] is not None:
+                continue
             with f.filesystem.open_input_file(f.path) as source:
                 for batch in pq.ParquetFile(source).iter_batches(batch_size=65_536, columns=columns, use_threads=False):
                     parts.append(pa.Table.from_batches([batch]).group_by(columns).aggregate([]))
@@ -272,12 +286,17 @@ def _split_raw_files(fs, files: list[str], raw_schema, cfg: DatasetConfig, run_d
 # Rows of a bucket file: a bucket larger than this is written as several files, cut between
 # series, so training can deal a large set to more tasks than there are buckets.
 BUCKET_FILE_ROWS = 1_000_000
+# Each bucket's series (keys and id, one row each; a Parquet file), written by the build beside
+# its files: the driver lists a set's series from these, not by reading the ids of every row.
+# Not data: pyarrow's datasets and Spark's reader skip "_" files, and a "*.parquet" glob misses it.
+SERIES_INDEX = "_series_index"
 
 
-def _sort_bucket(fs, fragments: list[str], out: str, file_rows: int) -> tuple[int, int]:
+def _sort_bucket(fs, fragments: list[str], out: str, file_rows: int, keys: list[str]) -> tuple[int, int]:
     """Reduce stage: one bucket's fragments -> its files (on ``fs``), sorted by series and
     date, each of at most ``file_rows`` rows unless one series has more (a series is never
-    cut); its rows and series (a series is in one bucket, so the counts add up across
+    cut), and its series index (``SERIES_INDEX``: the keys and id of each series, one row
+    each); its rows and series (a series is in one bucket, so the counts add up across
     buckets)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -291,6 +310,8 @@ def _sort_bucket(fs, fragments: list[str], out: str, file_rows: int) -> tuple[in
     table, ranks = table.take(order), ranks[order]
     for i, (start, end) in enumerate(_file_bounds(ranks, file_rows)):
         write_parquet(fs, f"{out}/part-{i:05d}.parquet", table.slice(start, end - start))
+    firsts = np.flatnonzero(np.r_[True, ranks[1:] != ranks[:-1]]) if len(ranks) else np.array([], dtype=np.int64)
+    write_parquet(fs, f"{out}/{SERIES_INDEX}", table.select([*keys, "series_id"]).take(firsts))
     return table.num_rows, len(series.dictionary)
 
 
@@ -340,7 +361,7 @@ def _split_task_fn(url: str, files: list[str], raw_schema, cfg: DatasetConfig, r
     return _guarded(run, ["task", "rows", "buckets", "error"])
 
 
-def _sort_task_fn(url: str, fragments: dict[int, list[str]], out: str):
+def _sort_task_fn(url: str, fragments: dict[int, list[str]], out: str, keys: list[str]):
     buckets = sorted(fragments)
     file_rows = BUCKET_FILE_ROWS  # the driver's setting, shipped with the function
 
@@ -350,7 +371,7 @@ def _sort_task_fn(url: str, fragments: dict[int, list[str]], out: str):
             for i in batch["id"]:
                 fs = fs or task_filesystem(url)[0]
                 b = buckets[int(i)]
-                rows, series = _sort_bucket(fs, fragments[b], f"{out}/bucket={b}", file_rows)
+                rows, series = _sort_bucket(fs, fragments[b], f"{out}/bucket={b}", file_rows, keys)
                 yield pd.DataFrame({"rows": [rows], "series": [series], "error": [None]})
 
     return _guarded(run, ["rows", "series", "error"])
@@ -438,7 +459,7 @@ class FsspecTrainingSets(TrainingSetStore):
                             "materialize training_sets first")
         buckets = sorted(p for p in fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("bucket="))
         return sorted((f, int(b.rsplit("=", 1)[1])) for b in buckets for f in fs.ls(b, detail=False)
-                      if f.endswith(".parquet"))
+                      if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", ".")))
 
     def build(self, spark: SparkSession, run_date: date) -> dict:
         cfg, lake = self.cfg, self.lake
@@ -484,7 +505,7 @@ class FsspecTrainingSets(TrainingSetStore):
                     fragments.setdefault(int(b), []).append(f"{staging}/map/bucket={b}/part-{r.task:05d}.parquet")
             stats = [(0, 0)]
             if fragments:
-                sort = _sort_task_fn(lake.url, fragments, out)
+                sort = _sort_task_fn(lake.url, fragments, out, list(cfg.keys))
                 stats += [(r.rows, r.series) for r in _run_tasks(spark, len(fragments), rows, sort, SORT_SCHEMA)]
             fs.makedirs(out, exist_ok=True)
             with fs.open(f"{out}/_SUCCESS", "wb"):
