@@ -141,3 +141,19 @@ def test_series_come_from_the_builds_index_and_sets_without_it_are_scanned(tmp_p
     for got in (partly, scanned, rows):
         pd.testing.assert_frame_equal(got.sort_values("series_id").reset_index(drop=True),
                                       indexed.sort_values("series_id").reset_index(drop=True), check_dtype=False)
+
+
+def test_file_bounds_cut_only_between_series():
+    import numpy as np
+
+    from mm_platform.stores.training_sets import _file_bounds
+
+    series = np.repeat([0, 1, 2, 3, 4], [3, 3, 7, 1, 2])  # 16 rows; series 2 is longer than a file
+    bounds = _file_bounds(series, 5)
+    assert bounds[0] == (0, 3) and bounds[-1][1] == 16
+    assert all(a == b for (_, a), (b, _) in zip(bounds, bounds[1:], strict=False))  # contiguous
+    for start, end in bounds:
+        assert start == 0 or series[start] != series[start - 1]  # never inside a series
+        assert end - start <= 5 or len(set(series[start:end])) == 1
+    assert (6, 13) in bounds  # the long series alone
+    assert _file_bounds(series, 16) == [(0, 16)] and _file_bounds(np.array([], dtype=int), 5) == [(0, 0)]
