@@ -146,14 +146,17 @@ def test_series_come_from_the_builds_index_and_sets_without_it_are_scanned(tmp_p
 def test_file_bounds_cut_only_between_series():
     import numpy as np
 
-    from mm_platform.stores.training_sets import _file_bounds
+    from mm_platform.stores.training_sets import _file_bounds, _series_starts
 
     series = np.repeat([0, 1, 2, 3, 4], [3, 3, 7, 1, 2])  # 16 rows; series 2 is longer than a file
-    bounds = _file_bounds(series, 5)
+    starts = _series_starts(series)
+    assert starts.tolist() == [0, 3, 6, 13, 14]
+    bounds = _file_bounds(starts, 16, 5)
     assert bounds[0] == (0, 3) and bounds[-1][1] == 16
     assert all(a == b for (_, a), (b, _) in zip(bounds, bounds[1:], strict=False))  # contiguous
     for start, end in bounds:
         assert start == 0 or series[start] != series[start - 1]  # never inside a series
         assert end - start <= 5 or len(set(series[start:end])) == 1
     assert (6, 13) in bounds  # the long series alone
-    assert _file_bounds(series, 16) == [(0, 16)] and _file_bounds(np.array([], dtype=int), 5) == [(0, 0)]
+    assert _file_bounds(starts, 16, 16) == [(0, 16)]
+    assert _file_bounds(_series_starts(np.array([], dtype=int)), 0, 5) == [(0, 0)]

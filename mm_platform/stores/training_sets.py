@@ -308,20 +308,26 @@ def _sort_bucket(fs, fragments: list[str], out: str, file_rows: int, keys: list[
     ranks = rank[series.indices.to_numpy()]
     order = np.lexsort((table["ds"].combine_chunks().cast(pa.int64()).to_numpy(), ranks))
     table, ranks = table.take(order), ranks[order]
-    for i, (start, end) in enumerate(_file_bounds(ranks, file_rows)):
+    firsts = _series_starts(ranks)
+    for i, (start, end) in enumerate(_file_bounds(firsts, len(ranks), file_rows)):
         write_parquet(fs, f"{out}/part-{i:05d}.parquet", table.slice(start, end - start))
-    firsts = np.flatnonzero(np.r_[True, ranks[1:] != ranks[:-1]]) if len(ranks) else np.array([], dtype=np.int64)
     write_parquet(fs, f"{out}/{SERIES_INDEX}", table.select([*keys, "series_id"]).take(firsts))
     return table.num_rows, len(series.dictionary)
 
 
-def _file_bounds(sorted_series: np.ndarray, most: int) -> list[tuple[int, int]]:
-    """``(start, end)`` row ranges of at most ``most`` rows over rows sorted by series, cut
-    only where the series changes (a longer series is one range of its own)."""
-    n = len(sorted_series)
+def _series_starts(sorted_series: np.ndarray) -> np.ndarray:
+    """The first row of each series, over rows sorted by series."""
+    if not len(sorted_series):
+        return np.array([], dtype=np.int64)
+    return np.flatnonzero(np.r_[True, sorted_series[1:] != sorted_series[:-1]])
+
+
+def _file_bounds(starts: np.ndarray, n: int, most: int) -> list[tuple[int, int]]:
+    """``(start, end)`` row ranges of at most ``most`` rows over ``n`` rows sorted by series
+    whose series begin at ``starts``, cut only where the series changes (a longer series is
+    one range of its own)."""
     if n <= most:
         return [(0, n)]
-    starts = np.flatnonzero(np.r_[True, sorted_series[1:] != sorted_series[:-1]])
     bounds, start = [], 0
     while start < n:
         # the last series start at or before start + most that is past start; else the next one
