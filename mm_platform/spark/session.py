@@ -126,6 +126,28 @@ def task_count(spark: SparkSession, items: int, rows: int) -> int:
     return max(1, min(items, most, max(cores, -(-rows // ROWS_PER_TASK))))
 
 
+def balanced_shares(sizes: list[int], tasks: int) -> list[list[int]]:
+    """Indices of ``sizes`` (units of work: rows of a file…) dealt to ``tasks`` tasks so that
+    their totals are as even as a greedy deal makes them: largest unit first, each to the task
+    with the least so far (at most 4/3 of the best possible longest task). A stage ends with
+    its longest task, so contiguous runs of units (as ``spark.range`` would deal them) leave
+    the other executors idle at the end whenever the units differ in size. Tasks come out
+    heaviest first, so Spark starts the longest ones first."""
+    import heapq
+
+    tasks = max(1, min(tasks, len(sizes)))
+    heap = [(0, t) for t in range(tasks)]
+    shares: list[list[int]] = [[] for _ in range(tasks)]
+    totals = [0] * tasks
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        total, t = heapq.heappop(heap)
+        shares[t].append(i)
+        totals[t] = total + sizes[i]
+        heapq.heappush(heap, (totals[t], t))
+    order = sorted(range(tasks), key=lambda t: (-totals[t], t))
+    return [sorted(shares[t]) for t in order if shares[t]]
+
+
 def record_class_archive() -> None:
     """Run in a child process: a local session with ``-XX:ArchiveClassesAtExit`` (set by the
     caller through ``MM_JVM_ARCHIVE_RECORD``) does what a pipeline run does, in small (Arrow
@@ -158,24 +180,3 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--record-class-archive"]:
         record_class_archive()
 
-
-def balanced_shares(sizes: list[int], tasks: int) -> list[list[int]]:
-    """Indices of ``sizes`` (units of work: rows of a file…) dealt to ``tasks`` tasks so that
-    their totals are as even as a greedy deal makes them: largest unit first, each to the task
-    with the least so far (at most 4/3 of the best possible longest task). A stage ends with
-    its longest task, so contiguous runs of units (as ``spark.range`` would deal them) leave
-    the other executors idle at the end whenever the units differ in size. Tasks come out
-    heaviest first, so Spark starts the longest ones first."""
-    import heapq
-
-    tasks = max(1, min(tasks, len(sizes)))
-    heap = [(0, t) for t in range(tasks)]
-    shares: list[list[int]] = [[] for _ in range(tasks)]
-    totals = [0] * tasks
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        total, t = heapq.heappop(heap)
-        shares[t].append(i)
-        totals[t] = total + sizes[i]
-        heapq.heappush(heap, (totals[t], t))
-    order = sorted(range(tasks), key=lambda t: (-totals[t], t))
-    return [sorted(shares[t]) for t in order if shares[t]]
