@@ -20,7 +20,10 @@
     workers' speed-up over one; ``--sides local,cluster_2_cores`` runs only those sides.
     ``--core-share 0.5`` caps the driver, Azurite and each worker at half a core (a core per
     role, emulated: see ``CpuCaps``); ``--warm-session`` times training in an application
-    whose executors already ran the same path once (a long-running cluster). ``--repeat N``
+    whose executors already ran the same path once (a long-running cluster). ``--executors``
+    cold|warming|warmed: the session's executor warm-up (``spark.warm_executors``) off; on, as a
+    step's own session has it (the default); or done before the timed part, as in ``mm-platform
+    run``, whose session starts before ingestion. ``--repeat N``
     measures every side N times in turn, each round with fresh stores, and reports each
     round's ratios and their median (a shared host's noise moves a single ratio by ±0.1).
 """
@@ -361,12 +364,14 @@ def _warm_up_home(home: Path, lake_url: str, horizon: int, series: int, days: in
     generate_into_lake(warm, series, days, seed + 1)
 
 
-def _measure_variant(home: Path, env: dict, workers: list[int], series: int, warm: bool = False) -> dict:
+def _measure_variant(home: Path, env: dict, workers: list[int], series: int, warm: bool = False,
+                     await_warm_up: bool = False) -> dict:
     from benchmarks.train_score import run_measured
 
     out = {}
     for role in ("ours-train", "promote-all", "ours-score"):
         extra = ["--warm"] if warm and role == "ours-train" else []  # scoring stays cold
+        extra += ["--await-warm-up"] if await_warm_up and role != "promote-all" else []
         m = run_measured(["worker", role, "--home", str(home), *extra], env, also=workers, service=AZURITE_PIDS,
                          prefix=CAPS.prefix("driver") if CAPS else ())
         if role == "promote-all":
@@ -414,7 +419,7 @@ def cmd_cluster(args) -> int:
             master, workers = args.master, _local_workers(args.master)
         else:
             raise SystemExit("give --master spark://host:port or --start-cluster")
-        report |= {"master": master, "lake": args.lake, "workers_measured": len(workers)}
+        report |= {"master": master, "lake": args.lake, "workers_measured": len(workers), "executors": args.executors}
         if args.warm_session:
             report["session"] = (f"training warm: the same path ran once, untimed, on {WARM_UP_SERIES} other series in the "
                                  "same application first; scoring cold")
@@ -430,9 +435,10 @@ def cmd_cluster(args) -> int:
                 lake_url = f"abfs://mm-{uuid.uuid4().hex[:10]}/bench"
             else:
                 lake_url = f"{args.lake.rstrip('/')}/bench-{rows}-{uuid.uuid4().hex[:8]}"
+            warm = {"warm_executors": args.executors != "cold"}
             variants = {"local": {"master": "local[2]", "shuffle_partitions": 8},
-                        "cluster_1_core": cluster_conf(master, 1, conn),
-                        "cluster_2_cores": cluster_conf(master, 2, conn)}
+                        "cluster_1_core": cluster_conf(master, 1, conn) | warm,
+                        "cluster_2_cores": cluster_conf(master, 2, conn) | warm}
             variants = {name: spark for name, spark in variants.items() if name in sides}
             homes = {name: _variant_home(base, name, lake_url, spark, args.horizon) for name, spark in variants.items()}
             t0 = time.perf_counter()
@@ -451,7 +457,8 @@ def cmd_cluster(args) -> int:
                     if args.warm_session:
                         _warm_up_home(home, lake_url, args.horizon, WARM_UP_SERIES, args.days, args.seed)
                     measured[name] = _measure_variant(home, {**env, "MM_HOME": str(home)},
-                                                      [] if name == "local" else workers, series, warm=args.warm_session)
+                                                      [] if name == "local" else workers, series, warm=args.warm_session,
+                                                      await_warm_up=args.executors == "warmed")
                     print(json.dumps({"rows": written, "round": r + 1, name: measured[name]}), file=sys.stderr, flush=True)
                 rounds.append(measured | _ratios(measured))
             entry |= rounds[0]
@@ -477,6 +484,7 @@ def cmd_cluster(args) -> int:
 
 
 SIDES = ("local", "cluster_1_core", "cluster_2_cores")
+EXECUTORS = ("cold", "warming", "warmed")
 WARM_UP_SERIES = 20  # --warm-session: enough for a task on every executor
 
 
@@ -521,6 +529,10 @@ def add_cluster_arguments(p) -> None:
     p.add_argument("--home", help="working folder (default: a new temp folder)")
     p.add_argument("--warm-session", action="store_true", help="time training in a Spark application that has run the "
                    "same path once on a small other dataset (executors warm, as on a long-running cluster)")
+    p.add_argument("--executors", choices=EXECUTORS, default="warming", help="cold: no warm-up (spark.warm_executors: "
+                   "false); warming: the product's default, the timed part starts once the executors register, their "
+                   "warm-up running; warmed: it starts once the warm-up is done, as in mm-platform run, whose session "
+                   "starts before ingestion")
     p.add_argument("--core-share", type=float, help="cap the driver, Azurite and each worker at this share of a core "
                    "(cgroups; 0.5 on a 2-core host: a core per role at half speed)")
     p.add_argument("--repeat", type=int, default=1, help="measure every side this many times in turn (1, 2, 1, 2…), "

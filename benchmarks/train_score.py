@@ -274,18 +274,24 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--series", type=int, default=0)  # baseline subset size (0 = all)
     p.add_argument("--changed-fraction", type=float, default=0.05)
     p.add_argument("--warm", action="store_true", help="run the same path once on the warm-up dataset first")
+    p.add_argument("--await-warm-up", action="store_true", help="start the timed part once the session's executor "
+                   "warm-up is done (mm-platform run: the session starts before ingestion)")
     a = p.parse_args(argv)
     _quiet()
     from mm_platform.config import load_config
-    from mm_platform.spark.session import get_session
+    from mm_platform.spark.session import get_session, warm_executors
     from mm_platform.stores.lake import Lake
 
     home = Path(a.home)
     cfg = load_config(home / "bench.yaml")
     lake = Lake(cfg.storage.lake_url)
     spark = get_session(cfg.spark)
+    # As the pipeline's Spark resource does when it starts a session (defs/resources.py).
+    warm_up = warm_executors(spark, cfg.storage.lake_url) if cfg.spark.warm_executors else None
     spark.range(4).count()  # the JVM up before the timed part (Python's daemon and workers start inside it)
     _await_executors(spark)
+    if a.await_warm_up and warm_up is not None:
+        warm_up.join()
     out: dict = {}
     if a.role in ("ours-train", "ours-retrain"):
         import mm_platform.steps.train as train_step
@@ -363,17 +369,13 @@ def worker(argv: list[str]) -> None:
     spark.stop()
 
 
-def _await_executors(spark, timeout: float = 120) -> None:
-    """On a standalone cluster: every executor the session asked for (``spark.cores.max`` /
-    ``spark.executor.cores``) registered before the timed part, as the JVM is (a first stage
-    started with one of two executors would run its tasks on it alone)."""
-    conf = spark.sparkContext.getConf()
-    if not conf.get("spark.master", "").startswith("spark://") or not conf.get("spark.cores.max"):
-        return
-    wanted = int(conf.get("spark.cores.max")) // int(conf.get("spark.executor.cores", "1"))
-    deadline = time.time() + timeout
-    while spark.sparkContext._jsc.sc().getExecutorIds().size() < wanted and time.time() < deadline:
-        time.sleep(0.2)
+def _await_executors(spark) -> None:
+    """On a cluster: every executor the session asked for registered before the timed part, as
+    the JVM is (a first stage started with one of two executors would run its tasks on it alone)."""
+    from mm_platform.spark.session import await_executors, expected_executors, is_local
+
+    if not is_local(spark.sparkContext.master) and expected_executors(spark.sparkContext.getConf()):
+        await_executors(spark)
 
 
 def _timed_phases(module, names: tuple[str, ...], phases: dict | None = None, prefix: str = "") -> dict[str, float]:

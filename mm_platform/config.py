@@ -342,6 +342,10 @@ class SparkConfig(_Strict):
     # archive made by `mm-platform jvm-archive` when it exists
     # (mm_platform.spark.jvm_archive): half the JVM's start-up CPU and wall time.
     jvm_class_archive: bool = True
+    # On a cluster master: each executor starts its Python worker (and the lake's filesystem) in a
+    # background job as soon as it registers, while the driver does its first work, instead of
+    # in the first task of a step (mm_platform.spark.session.warm_executors).
+    warm_executors: bool = True
 
 
 class StorageConfig(_Strict):

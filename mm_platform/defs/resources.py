@@ -13,7 +13,7 @@ from dagster_pyspark import PySparkResource
 from pydantic import PrivateAttr
 
 from mm_platform.config import DatasetConfig, load_config
-from mm_platform.spark.session import spark_conf
+from mm_platform.spark.session import spark_conf, warm_executors
 from mm_platform.stores.lake import Lake
 from mm_platform.stores.registry import ModelRegistry
 from mm_platform.stores.warehouse import Warehouse
@@ -39,6 +39,20 @@ class LakeResource(dg.ConfigurableResource):
 class SourceDatabaseResource(dg.ConfigurableResource):
     url: str
     table: str
+
+
+class SparkResource(PySparkResource):
+    """dagster-pyspark's session, whose executors on a cluster start warming (their Python
+    workers, the lake's filesystem) as soon as the session exists: in ``mm-platform run`` while
+    the driver ingests, in a step while it reads the registries."""
+
+    warm_executors: bool = False  # the dataset's spark.warm_executors
+    lake_url: str = ""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        super().setup_for_execution(context)
+        if self.warm_executors:
+            warm_executors(self.spark_session, self.lake_url or None)
 
 
 class RegistryResource(dg.ConfigurableResource):
@@ -78,7 +92,8 @@ def build_resources(cfg: DatasetConfig, config_path: str = "") -> dict:
     s = cfg.storage
     return {
         "dataset": DatasetResource(config_path=config_path),
-        "pyspark": PySparkResource(spark_config=spark_conf(cfg.spark)),
+        "pyspark": SparkResource(spark_config=spark_conf(cfg.spark), warm_executors=cfg.spark.warm_executors,
+                                 lake_url=s.lake_url),
         "lake": LakeResource(url=s.lake_url),
         "source_db": SourceDatabaseResource(url=cfg.source.url, table=cfg.source.table),
         "training_registry": RegistryResource(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -110,6 +112,103 @@ def get_session(spark: SparkConfig) -> SparkSession:
     return session
 
 
+# -- executors warmed while the driver works ------------------------------------------------------
+#
+# An executor starts its Python worker (the preloading daemon, ~1 core-s), the lake's fsspec
+# package, its first Arrow and Parquet calls and the JVM side of an Arrow task only when its
+# first Python task arrives: ~2 s that the step's first stage would wait for on every executor
+# at once. A session on a cluster runs that in a background job as soon as its executors
+# register, while the driver does its own first work (ingestion in ``mm-platform run``, the
+# registry reads before training or scoring).
+
+log = logging.getLogger(__name__)
+WARM_UP_WAIT_S = 120.0  # how long the warm-up waits for the executors the session asked for
+
+
+def expected_executors(conf) -> int | None:
+    """Executors a session asked for, where its settings say (``spark.cores.max`` over
+    ``spark.executor.cores`` on a standalone master, ``spark.executor.instances`` elsewhere)."""
+    if conf.get("spark.executor.instances"):
+        return int(conf.get("spark.executor.instances"))
+    if conf.get("spark.cores.max"):
+        return max(1, int(conf.get("spark.cores.max")) // int(conf.get("spark.executor.cores", "1")))
+    return None
+
+
+def executors_registered(spark: SparkSession) -> int:
+    return spark.sparkContext._jsc.sc().getExecutorIds().size()
+
+
+def await_executors(spark: SparkSession, timeout: float = WARM_UP_WAIT_S) -> int:
+    """Wait until the executors the session asked for (at least one) have registered, or
+    ``timeout``; how many have."""
+    wanted = expected_executors(spark.sparkContext.getConf()) or 1
+    deadline = time.monotonic() + timeout
+    while (n := executors_registered(spark)) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return n
+
+
+def _warm_task_fn(lake_url: str | None):
+    def run(batches):
+        import io
+
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for _ in batches:
+            pass
+        if lake_url:
+            from mm_platform.stores.lake import task_filesystem
+
+            try:  # imports the lake's fsspec package and opens (caches) its filesystem
+                task_filesystem(lake_url)
+            except Exception:  # noqa: BLE001 - the step's own first task reports it, as one line
+                pass
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"x": [1]}), buf)
+        pq.read_table(pa.BufferReader(buf.getvalue()))
+        yield pd.DataFrame({"ok": [1]})
+
+    return run
+
+
+def warm_executors(spark: SparkSession, lake_url: str | None = None) -> threading.Thread | None:
+    """On a cluster master: start a background job that warms every executor's Python worker
+    (one task per executor core; with the lake's filesystem opened) once the executors have
+    registered; the thread running it, or None in local mode (the workers share the driver's
+    cores) and on Spark Connect (its server's executors outlive a session). Once per
+    application (``spark.warm_executors`` says whether the platform calls it); whatever fails
+    in it only leaves workers cold."""
+    if is_connect_session(spark):
+        return None
+    sc = spark.sparkContext
+    if is_local(sc.master):
+        return None
+    if getattr(sc, "_mm_warm_up", None) is not None:  # once per application
+        return sc._mm_warm_up
+
+    def run():
+        try:
+            await_executors(spark)
+            cores = max(1, sc.defaultParallelism)
+            sc.setJobDescription("mm_platform: warm the executors' Python workers")
+            spark.range(0, cores, 1, cores).mapInPandas(_warm_task_fn(lake_url), "ok int").collect()
+        except Exception as err:  # noqa: BLE001 - e.g. the session stopped first
+            log.debug("executor warm-up did not run: %s", err)
+
+    thread = threading.Thread(target=run, name="mm-warm-executors", daemon=True)
+    sc._mm_warm_up = thread
+    thread.start()
+    return thread
+
+
+def is_connect_session(spark) -> bool:
+    """A Spark Connect client session (no SparkContext in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 ROWS_PER_TASK = 2_000_000
 
 
@@ -123,7 +222,17 @@ def task_count(spark: SparkSession, items: int, rows: int) -> int:
         cores = spark.sparkContext.defaultParallelism
     except Exception:  # Spark Connect has no SparkContext: the configured partitions then
         cores = most
-    return max(1, min(items, most, max(cores, -(-rows // ROWS_PER_TASK))))
+    return whole_waves(max(1, min(items, most, max(cores, -(-rows // ROWS_PER_TASK)))), cores, min(items, most))
+
+
+def whole_waves(tasks: int, cores: int, most: int) -> int:
+    """``tasks`` rounded to a multiple of ``cores`` (up if that stays within ``most``, else
+    down) once there are more tasks than cores: a stage of equal tasks ends when its busiest
+    core does, so 5 tasks on 2 cores take as long as 6, with one core idle for the last."""
+    if cores < 1 or tasks <= cores:
+        return tasks
+    up = -(-tasks // cores) * cores
+    return up if up <= most else tasks // cores * cores
 
 
 def balanced_shares(sizes: list[int], tasks: int) -> list[list[int]]:

@@ -53,7 +53,7 @@ def retrain_failed_series(
     training_registry: RegistryResource,
     warehouse: WarehouseResource,
 ) -> dict:
-    from mm_platform.spark.session import get_session
+    from mm_platform.spark.session import get_session, warm_executors
 
     cfg = dataset.config
     wh = warehouse.warehouse()
@@ -63,6 +63,8 @@ def retrain_failed_series(
         return {"run_date": str(run_date) if run_date else None, "retried": 0}
     # Spark only when there is something to train (not a resource: it would start on every run).
     spark = get_session(cfg.spark)
+    if cfg.spark.warm_executors:  # while the driver reads the registry
+        warm_executors(spark, cfg.storage.lake_url)
     outcome = train_and_register(spark, lake.lake(), cfg, run_date, training_registry.registry(), wh, context.run_id, series)
     summary = {"run_date": str(run_date), "retried": len(series), "registered": outcome.registered,
                "still_failed": outcome.failed, "skipped": outcome.skipped}
