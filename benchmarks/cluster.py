@@ -23,7 +23,8 @@
     whose executors already ran the same path once (a long-running cluster). ``--executors``
     cold|warming|warmed: the session's executor warm-up (``spark.warm_executors``) off; on, as a
     step's own session has it (the default); or done before the timed part, as in ``mm-platform
-    run``, whose session starts before ingestion. ``--repeat N``
+    run``, whose session starts before ingestion. ``--model-artifacts tasks`` lets the training
+    tasks write the models (``storage.model_artifacts``; this host's executors share its folders). ``--repeat N``
     measures every side N times in turn, each round with fresh stores, and reports each
     round's ratios and their median (a shared host's noise moves a single ratio by ±0.1).
 """
@@ -333,7 +334,7 @@ def add_driver_rss_arguments(p) -> None:
 # -- cluster --------------------------------------------------------------------------------------------
 
 
-def _variant_home(base: Path, name: str, lake_url: str, spark: dict, horizon: int) -> Path:
+def _variant_home(base: Path, name: str, lake_url: str, spark: dict, horizon: int, model_artifacts: str = "auto") -> Path:
     from benchmarks.train_score import bench_config, create_stores
 
     home = base / name
@@ -341,6 +342,7 @@ def _variant_home(base: Path, name: str, lake_url: str, spark: dict, horizon: in
     path = bench_config(home, horizon)
     cfg = yaml.safe_load(path.read_text())
     cfg["storage"]["lake_url"] = lake_url
+    cfg["storage"]["model_artifacts"] = model_artifacts
     cfg["spark"] = {**cfg["spark"], **spark}
     path.write_text(yaml.safe_dump(cfg))
     create_stores(home)
@@ -419,7 +421,8 @@ def cmd_cluster(args) -> int:
             master, workers = args.master, _local_workers(args.master)
         else:
             raise SystemExit("give --master spark://host:port or --start-cluster")
-        report |= {"master": master, "lake": args.lake, "workers_measured": len(workers), "executors": args.executors}
+        report |= {"master": master, "lake": args.lake, "workers_measured": len(workers), "executors": args.executors,
+                   "model_artifacts": args.model_artifacts}
         if args.warm_session:
             report["session"] = (f"training warm: the same path ran once, untimed, on {WARM_UP_SERIES} other series in the "
                                  "same application first; scoring cold")
@@ -440,7 +443,8 @@ def cmd_cluster(args) -> int:
                         "cluster_1_core": cluster_conf(master, 1, conn) | warm,
                         "cluster_2_cores": cluster_conf(master, 2, conn) | warm}
             variants = {name: spark for name, spark in variants.items() if name in sides}
-            homes = {name: _variant_home(base, name, lake_url, spark, args.horizon) for name, spark in variants.items()}
+            homes = {name: _variant_home(base, name, lake_url, spark, args.horizon, args.model_artifacts)
+                     for name, spark in variants.items()}
             t0 = time.perf_counter()
             written = generate_into_lake(next(iter(homes.values())), series, args.days, args.seed)
             entry: dict = {"rows": written, "series": series, "lake_url": lake_url,
@@ -450,7 +454,7 @@ def cmd_cluster(args) -> int:
                 # Each round measures every side again, with stores of its own (a registry that
                 # already holds the models would make the next run retrain nothing).
                 if r:
-                    homes = {name: _variant_home(base, f"{name}-{r + 1}", lake_url, spark, args.horizon)
+                    homes = {name: _variant_home(base, f"{name}-{r + 1}", lake_url, spark, args.horizon, args.model_artifacts)
                              for name, spark in variants.items()}
                 measured = {}
                 for name, home in homes.items():
@@ -533,6 +537,8 @@ def add_cluster_arguments(p) -> None:
                    "false); warming: the product's default, the timed part starts once the executors register, their "
                    "warm-up running; warmed: it starts once the warm-up is done, as in mm-platform run, whose session "
                    "starts before ingestion")
+    p.add_argument("--model-artifacts", choices=("auto", "tasks", "driver"), default="auto",
+                   help="storage.model_artifacts of every side (tasks: this host's executors share the driver's folders)")
     p.add_argument("--core-share", type=float, help="cap the driver, Azurite and each worker at this share of a core "
                    "(cgroups; 0.5 on a 2-core host: a core per role at half speed)")
     p.add_argument("--repeat", type=int, default=1, help="measure every side this many times in turn (1, 2, 1, 2…), "

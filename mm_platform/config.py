@@ -363,6 +363,14 @@ class StorageConfig(_Strict):
         "spark.read/write.parquet on the lake URL (the cluster's own connector, e.g. abfss:// with hadoop-azure)"
     )
 
+    # Who writes the trained models' artifacts: the training tasks, into the model set's registry
+    # run, so that no model travels to the driver (auto: when the tasks run on the driver's host;
+    # tasks: the training artifact root is a folder every executor mounts), or the driver.
+    model_artifacts: Literal["auto", "tasks", "driver"] = Field(
+        "auto", description="auto: the training tasks write the models in local mode, the driver on a cluster; tasks: "
+        "always the tasks (training_artifact_root is a folder every executor mounts); driver: always the driver"
+    )
+
     @classmethod
     def embedded(cls, home) -> dict[str, str]:
         """The embedded defaults rooted at ``home`` (a config's ``storage`` section)."""

@@ -9,8 +9,8 @@ from datetime import date
 import pandas as pd
 
 from mm_platform.core.vocabulary import DRIFT_REFIT, PRODUCTION_ALIAS, TAG_DATASET, TAG_SERIES_ID, TAG_SHA256
-from mm_platform.stores.artifacts import ArtifactIntegrityError
-from mm_platform.stores.registry import RegisteredModel
+from mm_platform.stores.artifacts import ArtifactIntegrityError, StoredArtifact, read_bytes
+from mm_platform.stores.registry import ModelSetRun, RegisteredModel
 
 
 class FakeRegistry:
@@ -20,9 +20,20 @@ class FakeRegistry:
         self.artifacts: dict[tuple[str, int], bytes] = {}
         self.aliases: dict[str, int] = {}
 
-    def register_many(self, entries, run_name, run_tags, alias=None):
+    def begin_run(self, run_name, run_tags):
+        self.runs = getattr(self, "runs", {}) | {run_name: "RUNNING"}
+        return ModelSetRun(run_name, f"memory://runs/{run_name}")
+
+    def end_run(self, run, failed=False):
+        self.runs[run.run_id] = "FAILED" if failed else "FINISHED"
+
+    def register_many(self, entries, run_name, run_tags, alias=None, run=None):
         out = []
+        if run is not None:
+            self.end_run(run)
         for name, data, tags in entries:
+            if isinstance(data, StoredArtifact):
+                data = read_bytes(data.source)
             version = len(self.versions.get(name, [])) + 1
             m = RegisteredModel(name, version, f"memory://{name}/{version}",
                                 {**tags, TAG_SHA256: hashlib.sha256(data).hexdigest()}, run_name)

@@ -54,7 +54,7 @@ class FakeTrainingSets:
         self.fingerprints = fingerprints
         self.calls: list[dict] = []
 
-    def train(self, spark, run_date, known=None, previous=None, only_series=None):
+    def train(self, spark, run_date, known=None, previous=None, only_series=None, artifacts=None):
         known, previous = known or {}, previous or {}
         self.calls.append({"known": dict(known), "previous": dict(previous)})
         rows = []

@@ -23,6 +23,7 @@ from mm_platform.steps.ingest import ingest
 from mm_platform.steps.operations import failed_series, rollback
 from mm_platform.steps.thresholds import ErrorThresholdExceeded
 from mm_platform.steps.train import build_training_sets, train_and_register
+from mm_platform.stores.artifacts import local_path
 from mm_platform.stores.lake import Lake
 from mm_platform.stores.registry import production_by_series, production_registry, training_registry
 from mm_platform.stores.sql import create_engine
@@ -102,6 +103,11 @@ def test_error_threshold_fails_with_a_clear_message_and_registers_nothing(poison
     with pytest.raises(ErrorThresholdExceeded, match=r"series failed to train, over the error threshold .*max_failed_fraction=0.1"):
         train_and_register(spark, lake, cfg, RUN, training_registry(cfg), wh, "t")
     assert training_registry(cfg).search(cfg.name) == []
+    # the model set's registry run failed, and nothing its tasks wrote is left in it
+    reg = training_registry(cfg)
+    runs = reg.client.search_runs([reg._experiment_id()])
+    assert runs and {r.info.status for r in runs} == {"FAILED"}
+    assert not any(Path(local_path(r.info.artifact_uri), "models").exists() for r in runs)
     assert (wh.read("SELECT status FROM training_report")["status"] == "failed").sum() >= 3
 
 

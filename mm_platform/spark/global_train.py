@@ -220,17 +220,18 @@ def prepare_shared(spark, store, cfg: DatasetConfig, run_date: date, registry, s
 
 
 def train_with_shared(spark, store, cfg: DatasetConfig, run_date: date, registry, run_id: str = "",
-                      known=None, previous=None, only_series=None) -> pd.DataFrame:
+                      known=None, previous=None, only_series=None, artifacts=None) -> pd.DataFrame:
     """The model set's per-series results; with the global family among the families, its
     shared models are fitted and stored first, then every series trains as usual with them.
     With ``algorithm: auto`` the dataset-level choice is made before per-series training
     (``spark.pooled``: backtest sums of a sample of series, reduced in the driver) and every
-    series trains with it as ``TrainSpec.prior``. Other configs: exactly ``store.train``."""
+    series trains with it as ``TrainSpec.prior``. Other configs: exactly ``store.train``.
+    ``artifacts``: where the per-series tasks write their models (``store.train``)."""
     from mm_platform.spark.pooled import sample_size
 
     pooled = cfg.algorithm.name == AUTO and sample_size(cfg) > 0
     if not uses_global(cfg) and not pooled:
-        return store.train(spark, run_date, known=known, previous=previous, only_series=only_series)
+        return store.train(spark, run_date, known=known, previous=previous, only_series=only_series, artifacts=artifacts)
     from mm_platform.spark.train import train_spec
 
     spec = train_spec(cfg)
@@ -246,4 +247,5 @@ def train_with_shared(spark, store, cfg: DatasetConfig, run_date: date, registry
         sample = frozenset(sample_series(store.series(run_date)["series_id"], sample_size(cfg)))
         spec = replace(spec, prior=choice, keep_summary=True, prior_only=True, pooled_sample=sample,
                        summaries=info.get("records", {}))
-    return store.train(spark, run_date, known=known, previous=previous, only_series=only_series, spec=spec, shared=setup)
+    return store.train(spark, run_date, known=known, previous=previous, only_series=only_series, spec=spec, shared=setup,
+                       artifacts=artifacts)

@@ -204,6 +204,11 @@ def warm_executors(spark: SparkSession, lake_url: str | None = None) -> threadin
     return thread
 
 
+def runs_beside_driver(spark) -> bool:
+    """The session's tasks run on the driver's host (local mode): they see its files."""
+    return not is_connect_session(spark) and is_local(spark.sparkContext.master)
+
+
 def is_connect_session(spark) -> bool:
     """A Spark Connect client session (no SparkContext in this process)."""
     return type(spark).__module__.startswith("pyspark.sql.connect")

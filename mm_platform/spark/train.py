@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from mm_platform.config import DatasetConfig
-from mm_platform.core.vocabulary import METRICS, UNCHANGED
+from mm_platform.core.vocabulary import METRICS, TRAINED, UNCHANGED, model_name
 from mm_platform.forecasting.series import TrainSpec, train_series
 from mm_platform.spark.session import balanced_shares, task_count
 
@@ -26,8 +26,15 @@ RESULT_FIELDS = [
     ("fingerprint", T.StringType()),
     *[(m, T.DoubleType()) for m in METRICS],
     ("fit_seconds", T.DoubleType()),
+    # The model: its JSON, or (``artifacts`` given) where its task wrote it, its sha256 and its
+    # selection record (the registry's tags), so that no model travels to the driver.
     ("model_json", T.StringType()),
+    ("model_source", T.StringType()),
+    ("model_sha256", T.StringType()),
+    ("model_selection", T.StringType()),
 ]
+# The result columns that carry the model (not the training report's).
+MODEL_COLUMNS = ["model_json", "model_source", "model_sha256", "model_selection"]
 
 
 # The status of a row a training task returns instead of results when it cannot read its
@@ -84,17 +91,35 @@ def read_previous_model(ref: tuple[str, str] | None) -> dict | None:
         return None
 
 
+class ModelArtifacts:
+    """A model set's run folder (``stores.artifacts.TaskArtifacts``) with the dataset's name:
+    a task writes each trained model there under its registered model's name."""
+
+    def __init__(self, dataset: str, folder):
+        self.dataset, self.folder = dataset, folder
+
+    def write(self, keys: dict, data: bytes):
+        return self.folder.write(model_name(self.dataset, {k: _plain(v) for k, v in keys.items()}), data)
+
+
+def _plain(v):
+    """A key as the driver sees it after Arrow (a Python scalar, not numpy's)."""
+    return v.item() if hasattr(v, "item") else v
+
+
 def _train_row_fn(
     spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
-    shared=None,
+    shared=None, artifacts: ModelArtifacts | None = None,
 ):
     """One series' result row. ``known`` maps series id -> fingerprint of its registered model: a series whose data
     has not changed is not refitted (daily incremental retraining). ``previous`` maps series
     id -> (artifact URI, sha256) of that model: a changed series' fit is warm-started from it.
     ``shared`` (``spark.global_train.SharedSetup``): the global family's shared models, whose
-    per-series options each series' fit gets (the models are installed by the caller)."""
+    per-series options each series' fit gets (the models are installed by the caller).
+    ``artifacts``: where the task writes each trained model (the row then carries its reference)."""
     known = known or {}
     previous = previous or {}
+    none = dict.fromkeys(MODEL_COLUMNS, "")
 
     def train_row(pdf: pd.DataFrame) -> dict:
         sid = pdf["series_id"].iloc[0]
@@ -102,7 +127,7 @@ def _train_row_fn(
             row = {k: pdf[k].iloc[0] for k in keys}
             row |= {"series_id": sid, "status": UNCHANGED, "reason": "data unchanged since the registered model",
                     "n_obs": int(pdf["y"].notna().sum()), "last_date": str(pd.to_datetime(pdf["ds"]).max().date()),
-                    "fingerprint": known[sid], **dict.fromkeys(METRICS), "fit_seconds": 0.0, "model_json": ""}
+                    "fingerprint": known[sid], **dict.fromkeys(METRICS), "fit_seconds": 0.0, **none}
             return row
         s = spec
         if spec.prior_only and sid in spec.pooled_sample:
@@ -128,8 +153,15 @@ def _train_row_fn(
             "fingerprint": r.fingerprint,
             **{m: r.metrics.get(m) for m in METRICS},
             "fit_seconds": r.fit_seconds,
-            "model_json": r.model_json(),
+            **none,
         }
+        if artifacts is not None and r.status == TRAINED and r.model is not None:
+            stored = artifacts.write({k: row[k] for k in keys}, r.model_json().encode())
+            selection = r.model.get("selection")
+            row |= {"model_source": stored.source, "model_sha256": stored.sha256,
+                    "model_selection": json.dumps({"selection": selection}, separators=(",", ":")) if selection else ""}
+        else:
+            row["model_json"] = r.model_json()
         return row
 
     return train_row
@@ -137,10 +169,10 @@ def _train_row_fn(
 
 def _train_group_fn(
     spec: TrainSpec, keys: list[str], known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
-    shared=None,
+    shared=None, artifacts: ModelArtifacts | None = None,
 ):
     """One series' result row as a DataFrame (``applyInPandas``)."""
-    train_row = _train_row_fn(spec, keys, known, previous, shared)
+    train_row = _train_row_fn(spec, keys, known, previous, shared, artifacts)
     installed = []
 
     def train_group(pdf):
@@ -156,18 +188,25 @@ def _train_group_fn(
 
 def train_grouped(
     training_set: DataFrame, cfg: DatasetConfig, spec: TrainSpec | None = None, known: dict[str, str] | None = None,
-    previous: dict[str, tuple[str, str]] | None = None, shared=None,
+    previous: dict[str, tuple[str, str]] | None = None, shared=None, artifacts=None,
 ) -> pd.DataFrame:
     """One model per series of any training-set DataFrame (``groupBy(keys).applyInPandas``);
     one result row per series.
     Series whose fingerprint equals ``known[series_id]`` come back with status ``unchanged``;
-    the others are warm-started from ``previous[series_id]`` (artifact URI, sha256) if given."""
+    the others are warm-started from ``previous[series_id]`` (artifact URI, sha256) if given.
+    ``artifacts`` (``stores.artifacts.TaskArtifacts``): the tasks write the models there and
+    return their references (``model_source``, ``model_sha256``), not the models."""
     spec = spec or train_spec(cfg)
     keys = cfg.keys
     key_fields = [training_set.schema[k] for k in keys]
     schema = T.StructType([T.StructField(f.name, f.dataType) for f in key_fields] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
-    result = training_set.groupBy(*keys, "series_id").applyInPandas(_train_group_fn(spec, keys, known, previous, shared), schema=schema)
+    fn = _train_group_fn(spec, keys, known, previous, shared, _model_artifacts(cfg, artifacts))
+    result = training_set.groupBy(*keys, "series_id").applyInPandas(fn, schema=schema)
     return result.toPandas()
+
+
+def _model_artifacts(cfg: DatasetConfig, folder) -> ModelArtifacts | None:
+    return ModelArtifacts(cfg.name, folder) if folder is not None else None
 
 
 def _read_bucket(url: str) -> pd.DataFrame:
@@ -205,7 +244,7 @@ def _shipped(spark: SparkSession, value):
 
 def _train_buckets_fn(
     spec: TrainSpec, keys: list[str], columns: list[str], buckets: list[str], shares: list[list[int]],
-    known_previous, only: frozenset[str] | None, shared=None,
+    known_previous, only: frozenset[str] | None, shared=None, artifacts: ModelArtifacts | None = None,
 ):
     """Task ``i`` trains the series of ``buckets[j]`` for each ``j`` in ``shares[i]``.
     ``known_previous``: ``(known, previous)``, or a broadcast of it (``_shipped``)."""
@@ -214,7 +253,7 @@ def _train_buckets_fn(
         from mm_platform.core.errors import UserError, one_line
 
         known, previous = getattr(known_previous, "value", known_previous)
-        train_row = _train_row_fn(spec, keys, known, previous, shared)
+        train_row = _train_row_fn(spec, keys, known, previous, shared, artifacts)
         installed = []
         try:
             if shared is not None:
@@ -252,7 +291,7 @@ def _train_buckets_fn(
 def train_buckets(
     spark: SparkSession, buckets: list[str], key_schema: list[tuple[str, T.DataType]], rows: int, cfg: DatasetConfig,
     spec: TrainSpec | None = None, known: dict[str, str] | None = None, previous: dict[str, tuple[str, str]] | None = None,
-    only_series: list[str] | None = None, shared=None, sizes: list[int] | None = None,
+    only_series: list[str] | None = None, shared=None, sizes: list[int] | None = None, artifacts=None,
 ) -> pd.DataFrame:
     """``train_grouped`` without its shuffle, for a training set already bucketed by series
     (a series is in one bucket, and in one file of it): each Spark task reads whole parts of
@@ -261,7 +300,7 @@ def train_buckets(
     ``rows``: the set's row count (it sets the task count); ``sizes``: each part's rows, by
     which the parts are dealt to the tasks (``balanced_shares``; equal if not given). Same
     rows as ``train_grouped``, sorted by series id. ``shared``: the global family's shared
-    models (``spark.global_train``)."""
+    models (``spark.global_train``); ``artifacts``: as for ``train_grouped``."""
     spec = spec or train_spec(cfg)
     keys = cfg.keys
     schema = T.StructType([T.StructField(k, t) for k, t in key_schema] + [T.StructField(n, t) for n, t in RESULT_FIELDS])
@@ -273,7 +312,8 @@ def train_buckets(
     # As many tasks as the data needs (at most spark.sql.shuffle.partitions, as the groupBy
     # path has), each given parts of about the same number of rows.
     shares = balanced_shares(sizes or [1] * len(buckets), task_count(spark, len(buckets), rows))
-    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, shares, shipped, only, shared)
+    fn = _train_buckets_fn(spec, keys, schema.fieldNames(), buckets, shares, shipped, only, shared,
+                           _model_artifacts(cfg, artifacts))
     try:
         result = spark.range(0, len(shares), 1, len(shares)).mapInPandas(fn, schema=schema).toPandas()
     finally:

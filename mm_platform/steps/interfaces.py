@@ -9,7 +9,8 @@ from typing import Protocol
 
 import pandas as pd
 
-from mm_platform.stores.registry import RegisteredModel
+from mm_platform.stores.artifacts import StoredArtifact
+from mm_platform.stores.registry import ModelSetRun, RegisteredModel
 
 
 class RegistryReader(Protocol):
@@ -25,8 +26,12 @@ class RegistryReader(Protocol):
 
 
 class Registry(RegistryReader, Protocol):
-    def register_many(self, entries: list[tuple[str, bytes, dict[str, str]]], run_name: str, run_tags: dict,
-                      alias: str | None = None) -> list[RegisteredModel]: ...
+    def begin_run(self, run_name: str, run_tags: dict) -> ModelSetRun: ...
+
+    def end_run(self, run: ModelSetRun, failed: bool = False) -> None: ...
+
+    def register_many(self, entries: list[tuple[str, bytes | StoredArtifact, dict[str, str]]], run_name: str,
+                      run_tags: dict, alias: str | None = None, run: ModelSetRun | None = None) -> list[RegisteredModel]: ...
 
     def set_production(self, model: RegisteredModel) -> None: ...
 

@@ -37,10 +37,13 @@ from mm_platform.core.vocabulary import (
     model_name,
 )
 from mm_platform.spark.global_train import train_with_shared
+from mm_platform.spark.session import runs_beside_driver
+from mm_platform.spark.train import MODEL_COLUMNS
 from mm_platform.steps.interfaces import Registry, ReportStore
 from mm_platform.steps.thresholds import ErrorThresholdExceeded, threshold_exceeded
+from mm_platform.stores.artifacts import StoredArtifact
 from mm_platform.stores.lake import Lake
-from mm_platform.stores.registry import RegisteredModel
+from mm_platform.stores.registry import ModelSetRun, RegisteredModel
 from mm_platform.stores.training_sets import training_set_store
 
 
@@ -72,18 +75,25 @@ class TrainingOutcome:
     skipped: int
 
 
+def _model_set_run(cfg: DatasetConfig, run_date: date, run_id: str) -> tuple[str, dict]:
+    """The name and tags of the registry run a model set is registered in."""
+    return f"{cfg.name}-model-set-{run_date}", {"run_date": str(run_date), "dagster_run_id": run_id}
+
+
 def register_model_set(
     results: pd.DataFrame, cfg: DatasetConfig, registry: Registry, run_date: date, run_id: str,
     latest: dict[str, RegisteredModel] | None = None, force: set[str] | frozenset[str] = frozenset(),
+    run: ModelSetRun | None = None,
 ) -> TrainingOutcome:
     """Register every trained series' model in the training registry, except where the
     newest registered version already has the same data fingerprint and algorithm (a rerun
     creates no duplicate versions). ``latest`` is ``registry.latest_by_series`` when the
     caller already has it. Series in ``force`` (refits drift asked for) are registered even
-    with an unchanged fingerprint, tagged ``drift_refit``."""
+    with an unchanged fingerprint, tagged ``drift_refit``. ``run``: the registry run the
+    training tasks wrote the models into (rows with a ``model_source``), from ``begin_run``."""
     if latest is None:
         latest = registry.latest_by_series(cfg.name)
-    report = results.drop(columns=["model_json"]).copy()
+    report = results.drop(columns=[c for c in MODEL_COLUMNS if c in results]).copy()
     report["algorithm"] = cfg.algorithm.name
     report["model_name"] = None
     report["model_version"] = None
@@ -129,12 +139,14 @@ def register_model_set(
                     TAG_N_OBS: str(int(r["n_obs"])),
                     **{metric_tag(m): format_metric(r[m]) for m in METRICS},
                 }
-                tags |= _selection_tags(r["model_json"])
+                source = r.get("model_source") if isinstance(r.get("model_source"), str) else None
+                tags |= _selection_tags(r.get("model_selection") if source else r["model_json"])
                 if forced:
                     tags[TAG_DRIFT_REFIT] = str(run_date)
                 rows.append(pos)
-                yield name, r["model_json"].encode(), tags
-    registered = registry.register_many(entries(), run_name=f"{cfg.name}-model-set-{run_date}", run_tags={"run_date": str(run_date), "dagster_run_id": run_id})
+                yield name, StoredArtifact(source, r["model_sha256"]) if source else r["model_json"].encode(), tags
+    run_name, run_tags = _model_set_run(cfg, run_date, run_id)
+    registered = registry.register_many(entries(), run_name=run_name, run_tags=run_tags, run=run)
     for pos, mv in zip(rows, registered, strict=True):
         names[pos], versions[pos], registration[pos] = mv.name, mv.version, REGISTERED
     report["status"] = pd.Series(status, index=report.index, dtype=object)
@@ -177,19 +189,47 @@ def train_and_register(
     same = {sid: mv for sid, mv in latest.items() if mv.tags.get(TAG_ALGORITHM) == cfg.algorithm.name and sid not in refit}
     known = {sid: mv.tags.get(TAG_FINGERPRINT, "") for sid, mv in same.items()}
     previous = {sid: (mv.source, mv.tags.get(TAG_SHA256, "")) for sid, mv in same.items()}
-    # (with the global family: its shared models are fitted and stored first, spark/global_train.py)
-    results = train_with_shared(spark, training_set_store(lake, cfg), cfg, run_date, registry, run_id,
-                                known=known, previous=previous, only_series=only_series)
+    # The registry run exists before the models: where the training tasks can reach its
+    # artifact store, they write the models into it and return references, not models.
+    run = registry.begin_run(*_model_set_run(cfg, run_date, run_id))
+    artifacts = run.task_artifacts()  # None: a store the tasks cannot write to (not a path)
+    if artifacts is not None and not _tasks_write_models(spark, cfg):
+        artifacts = None
     try:
+        # (with the global family: its shared models are fitted and stored first, spark/global_train.py)
+        results = train_with_shared(spark, training_set_store(lake, cfg), cfg, run_date, registry, run_id,
+                                    known=known, previous=previous, only_series=only_series, artifacts=artifacts)
         check_error_threshold(results, cfg)
     except ErrorThresholdExceeded:
-        report = results.drop(columns=["model_json"]).assign(algorithm=cfg.algorithm.name, training_run_id=run_id)
+        _end_failed(registry, run)
+        report = results.drop(columns=MODEL_COLUMNS, errors="ignore").assign(algorithm=cfg.algorithm.name, training_run_id=run_id)
         _write_report(warehouse, run_date, report, only_series)
         raise
-    outcome = register_model_set(results, cfg, registry, run_date, run_id, latest, force=refit)
+    except BaseException:
+        _end_failed(registry, run)
+        raise
+    outcome = register_model_set(results, cfg, registry, run_date, run_id, latest, force=refit, run=run)
     _mark_refits(outcome.report, refit)
     _write_report(warehouse, run_date, outcome.report, only_series)
     return outcome
+
+
+def _end_failed(registry: Registry, run: ModelSetRun) -> None:
+    """Mark the model set's run failed and drop what its tasks wrote, without hiding the error
+    that got here (a registry that cannot be reached leaves the run RUNNING, as a killed run does)."""
+    import logging
+
+    try:
+        registry.end_run(run, failed=True)
+    except Exception as err:  # noqa: BLE001
+        logging.getLogger(__name__).warning("could not mark registry run %s failed: %s", run.run_id, err)
+
+
+def _tasks_write_models(spark, cfg: DatasetConfig) -> bool:
+    """``storage.model_artifacts``: tasks (a training artifact root every executor mounts), the
+    driver, or auto: the tasks when they run on the driver's host (local mode)."""
+    mode = cfg.storage.model_artifacts
+    return mode == "tasks" or (mode == "auto" and runs_beside_driver(spark))
 
 
 def _mark_refits(report: pd.DataFrame, refit: set[str]) -> None:

@@ -1,13 +1,16 @@
-"""Reading a registered model's artifact and checking it against its recorded sha256.
+"""Reading a registered model's artifact and checking it against its recorded sha256, and
+writing a model set's artifacts from the training tasks themselves.
 
 Light on purpose (MLflow is imported only for remote artifact stores): Spark workers read
-the previous model of each changed series through it to warm-start its refit."""
+the previous model of each changed series through it to warm-start its refit, and write
+each model they train into the model set's run (``TaskArtifacts``)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -45,3 +48,47 @@ def read_verified(source: str, expected_sha256: str | None, what: str = "artifac
     if not expected_sha256 or sha256(data) != expected_sha256:
         raise ArtifactIntegrityError(f"{what} at {source} does not match its recorded sha256")
     return data
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """An artifact already in the registry's artifact store (written by a training task): what
+    registration records instead of uploading bytes."""
+
+    source: str
+    sha256: str
+
+
+class TaskArtifacts:
+    """The folder of a model set's run (``<run artifact URI>/models``) that the training tasks
+    write each trained model into themselves, so that models never travel to the driver: the
+    driver registers their ``StoredArtifact`` references. Only for an artifact store on a path
+    every task reaches (local mode, or a volume all executors mount); picklable."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        folder = local_path(self.uri)
+        if folder is None:
+            raise ValueError(f"training tasks write artifacts only to a local or mounted folder, not {uri}")
+        self.folder = folder
+
+    @classmethod
+    def under(cls, run_artifact_uri: str) -> TaskArtifacts | None:
+        """The run's ``models`` folder, or None when the run's store is not a path."""
+        return cls(f"{run_artifact_uri.rstrip('/')}/models") if local_path(run_artifact_uri) is not None else None
+
+    def write(self, name: str, data: bytes) -> StoredArtifact:
+        """``name``.json in the folder, whole or not at all (a retried task writes it again)."""
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, f"{name}.json")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return StoredArtifact(f"{self.uri}/{name}.json", sha256(data))
+
+    def remove(self) -> None:
+        """Drop the folder (a model set that was not registered)."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)

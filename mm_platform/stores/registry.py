@@ -33,7 +33,7 @@ from mm_platform.core.vocabulary import (
     is_identity_tag,
     metric_tag,
 )
-from mm_platform.stores.artifacts import read_verified, sha256
+from mm_platform.stores.artifacts import StoredArtifact, TaskArtifacts, read_verified, sha256
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -63,6 +63,18 @@ class RegisteredModel:
     def metric(self, name: str) -> float | None:
         v = self.tags.get(metric_tag(name))
         return float(v) if v not in (None, "", "nan") else None
+
+
+@dataclass(frozen=True)
+class ModelSetRun:
+    """The MLflow run a model set is registered in, started before its models exist, so the
+    training tasks can write their artifacts into it (``task_artifacts``)."""
+
+    run_id: str
+    artifact_uri: str
+
+    def task_artifacts(self) -> TaskArtifacts | None:
+        return TaskArtifacts.under(self.artifact_uri)
 
 
 def _to_registered(mv) -> RegisteredModel:
@@ -347,15 +359,30 @@ class ModelRegistry:
         except MlflowException:  # created concurrently
             return self.client.get_experiment_by_name(self.experiment).experiment_id
 
+    def begin_run(self, run_name: str, run_tags: dict) -> ModelSetRun:
+        """A new run for ``register_many(..., run=…)``, before its models exist."""
+        self._check_writable()
+        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=run_tags)
+        return ModelSetRun(run.info.run_id, run.info.artifact_uri)
+
+    def end_run(self, run: ModelSetRun, failed: bool = False) -> None:
+        """Close a run ``register_many`` did not: FAILED drops what the tasks wrote into it."""
+        if failed and (written := run.task_artifacts()) is not None:
+            written.remove()
+        self.client.set_terminated(run.run_id, "FAILED" if failed else "FINISHED")
+
     def register_many(
         self,
-        entries: Iterable[tuple[str, bytes, dict[str, str]]],
+        entries: Iterable[tuple[str, bytes | StoredArtifact, dict[str, str]]],
         run_name: str,
         run_tags: dict,
         alias: str | None = None,
+        run: ModelSetRun | None = None,
     ) -> list[RegisteredModel]:
         """Register many (name, artifact bytes, tags) in one MLflow run: one artifact upload,
-        then one new model version each (optionally moving ``alias`` to it).
+        then one new model version each (optionally moving ``alias`` to it). ``run``: a run
+        from ``begin_run`` instead of a new one; an entry's artifact may then be a
+        ``StoredArtifact`` a training task already wrote into it (recorded, not uploaded).
 
         On a database-backed registry (SQLite, PostgreSQL, MySQL, SQL Server) the versions,
         tags and aliases are inserted into MLflow's own tables in one transaction: thousands
@@ -369,47 +396,56 @@ class ModelRegistry:
         entries = iter(entries)
         first = list(islice(entries, REGISTER_CHUNK))
         if not first:
+            if run is not None:
+                self.end_run(run)
             return []
         chunks = chain([first], iter(lambda: list(islice(entries, REGISTER_CHUNK)), []))
-        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=run_tags)
+        if run is None:
+            created = self.client.create_run(self._experiment_id(), run_name=run_name, tags=run_tags)
+            run = ModelSetRun(created.info.run_id, created.info.artifact_uri)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                folder, copied = Path(tmp), {}
+                folder, copied, uploads = Path(tmp), {}, []
                 (folder / "models").mkdir()
 
                 def prepared():
                     for chunk in chunks:
-                        chunk = self._with_own_shared(chunk, run.info.artifact_uri, folder / "shared", copied)
+                        chunk = self._with_own_shared(chunk, run.artifact_uri, folder / "shared", copied)
                         out = []
                         for name, data, tags in chunk:
+                            if isinstance(data, StoredArtifact):  # written by its training task
+                                out.append((name, data.source, {**tags, TAG_SHA256: data.sha256}))
+                                continue
                             (folder / "models" / f"{name}.json").write_bytes(data)
-                            out.append((name, f"{run.info.artifact_uri}/models/{name}.json", {**tags, TAG_SHA256: sha256(data)}))
+                            uploads.append(name)
+                            out.append((name, f"{run.artifact_uri}/models/{name}.json", {**tags, TAG_SHA256: sha256(data)}))
                         yield out
 
                 # Resolved before the transaction: the client's own lookup reads the run from
                 # the tracking store, which may be the registry's database (locked by then).
-                repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.client.tracking_uri)
+                repo = get_artifact_repository(run.artifact_uri, tracking_uri=self.client.tracking_uri)
 
                 def upload():
-                    repo.log_artifacts(tmp)
+                    if uploads or copied:
+                        repo.log_artifacts(tmp)
 
                 store = self._sql_store()
                 if store is not None:
-                    out = _bulk_register(store, prepared(), run.info.run_id, alias, before_commit=upload)
+                    out = _bulk_register(store, prepared(), run.run_id, alias, before_commit=upload)
                 else:
                     ready = [p for chunk in prepared() for p in chunk]
                     upload()
                     out = []
                     for name, source, tags in ready:
                         self._ensure_registered_model(name, tags)
-                        mv = _to_registered(self.client.create_model_version(name, source=source, run_id=run.info.run_id, tags=tags))
+                        mv = _to_registered(self.client.create_model_version(name, source=source, run_id=run.run_id, tags=tags))
                         if alias:
                             self.client.set_registered_model_alias(name, alias, str(mv.version))
                         out.append(mv)
-            self.client.set_terminated(run.info.run_id, "FINISHED")
+            self.end_run(run)
             return out
         except Exception:
-            self.client.set_terminated(run.info.run_id, "FAILED")
+            self.end_run(run, failed=True)
             raise
 
     # -- shared artifacts (the global family's shared model) ----------------------------------
@@ -456,7 +492,8 @@ class ModelRegistry:
 
         out = []
         for name, data, tags in entries:
-            if b'"shared_sha256"' not in data:
+            # (an artifact a training task wrote refers to this registry's own shared models)
+            if isinstance(data, StoredArtifact) or b'"shared_sha256"' not in data:
                 out.append((name, data, tags))
                 continue
             artifact = json.loads(data)

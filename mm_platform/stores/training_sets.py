@@ -80,10 +80,11 @@ class TrainingSetStore(ABC):
     @abstractmethod
     def train(self, spark: SparkSession, run_date: date, known: dict[str, str] | None = None,
               previous: dict[str, tuple[str, str]] | None = None, only_series: list[str] | None = None,
-              spec=None, shared=None) -> pd.DataFrame:
+              spec=None, shared=None, artifacts=None) -> pd.DataFrame:
         """One model per series of the run date's set (or of ``only_series``): one result row each.
         ``spec``: a ``TrainSpec`` other than the config's (e.g. with auto's pooled prior);
-        ``shared``: the global family's shared models (``spark.global_train.SharedSetup``)."""
+        ``shared``: the global family's shared models (``spark.global_train.SharedSetup``);
+        ``artifacts``: the folder the tasks write the models into (``stores.artifacts.TaskArtifacts``)."""
 
     def _dataset(self, run_date: date):
         import pyarrow as pa
@@ -567,7 +568,8 @@ class FsspecTrainingSets(TrainingSetStore):
         fn = _read_files_fn(self.lake.url, files, schema.names)
         return spark.range(0, len(files), 1, len(files)).mapInPandas(fn, spark_schema)
 
-    def train(self, spark, run_date, known=None, previous=None, only_series=None, spec=None, shared=None) -> pd.DataFrame:
+    def train(self, spark, run_date, known=None, previous=None, only_series=None, spec=None, shared=None,
+              artifacts=None) -> pd.DataFrame:
         import pyarrow.parquet as pq
         from pyspark.sql.pandas.types import from_arrow_type
 
@@ -583,7 +585,7 @@ class FsspecTrainingSets(TrainingSetStore):
         return spark_train.train_buckets(spark, [self.lake.uri_of(f) for f, _ in files], key_schema,
                                          sum(m.num_rows for m in footers), self.cfg, spec=spec, known=known,
                                          previous=previous, only_series=only_series, shared=shared,
-                                         sizes=[m.num_rows for m in footers])
+                                         sizes=[m.num_rows for m in footers], artifacts=artifacts)
 
 
 class SparkTrainingSets(FsspecTrainingSets):
@@ -633,13 +635,15 @@ class SparkTrainingSets(FsspecTrainingSets):
                             "materialize training_sets first")
         return spark.read.parquet(self.lake.spark_uri(folder))
 
-    def train(self, spark, run_date, known=None, previous=None, only_series=None, spec=None, shared=None) -> pd.DataFrame:
+    def train(self, spark, run_date, known=None, previous=None, only_series=None, spec=None, shared=None,
+              artifacts=None) -> pd.DataFrame:
         # Spark's reader splits files as it likes, so series are grouped by a shuffle
         # (``train_grouped``): the same rows as reading whole buckets (test_training_paths.py).
         data = self.dataframe(spark, run_date)
         if only_series is not None:
             data = data.where(F.col("series_id").isin(list(only_series)))
-        result = spark_train.train_grouped(data, self.cfg, spec=spec, known=known, previous=previous, shared=shared)
+        result = spark_train.train_grouped(data, self.cfg, spec=spec, known=known, previous=previous, shared=shared,
+                                           artifacts=artifacts)
         return result.sort_values("series_id", kind="stable").reset_index(drop=True)
 
 
