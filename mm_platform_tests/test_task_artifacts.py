@@ -67,8 +67,9 @@ def test_tasks_write_the_models_and_the_driver_registers_references(tmp_path, sp
         assert json.loads(read_verified(m.source, m.tags[TAG_SHA256]))
     assert len(run_ids) == 1
     assert registry.client.get_run(run_ids.pop()).info.status == "FINISHED"
-    # no leftover of the atomic writes
-    assert not list(path.parent.glob("*.tmp"))
+    # one file a registered model, nothing else
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(Path(local_path(m.source)).name
+                                                                 for m in registry.latest_by_series(cfg.name).values())
     # the report holds no model column
     report = outcome.report
     assert not set(MODEL_COLUMNS) & set(report.columns)

@@ -71,6 +71,7 @@ class TaskArtifacts:
         if folder is None:
             raise ValueError(f"training tasks write artifacts only to a local or mounted folder, not {uri}")
         self.folder = folder
+        self._made = False  # the folder exists (per process: each task unpickles its own copy)
 
     @classmethod
     def under(cls, run_artifact_uri: str) -> TaskArtifacts | None:
@@ -78,13 +79,14 @@ class TaskArtifacts:
         return cls(f"{run_artifact_uri.rstrip('/')}/models") if local_path(run_artifact_uri) is not None else None
 
     def write(self, name: str, data: bytes) -> StoredArtifact:
-        """``name``.json in the folder, whole or not at all (a retried task writes it again)."""
-        os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, f"{name}.json")
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
+        """``name``.json in the folder. Written in place, not through a rename: nothing refers
+        to it until the whole model set is registered, after every task succeeded (a retried
+        task writes the same bytes again), and every load checks the sha256."""
+        if not self._made:
+            os.makedirs(self.folder, exist_ok=True)
+            self._made = True
+        with open(os.path.join(self.folder, f"{name}.json"), "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
         return StoredArtifact(f"{self.uri}/{name}.json", sha256(data))
 
     def remove(self) -> None:
