@@ -372,9 +372,9 @@ def worker(argv: list[str]) -> None:
 def _await_executors(spark) -> None:
     """On a cluster: every executor the session asked for registered before the timed part, as
     the JVM is (a first stage started with one of two executors would run its tasks on it alone)."""
-    from mm_platform.spark.session import await_executors, expected_executors, is_local
+    from mm_platform.spark.session import await_executors, expected_executors
 
-    if not is_local(spark.sparkContext.master) and expected_executors(spark.sparkContext.getConf()):
+    if expected_executors(spark.sparkContext.getConf()):
         await_executors(spark)
 
 

@@ -12,7 +12,13 @@ import uuid
 import pandas as pd
 import pytest
 
-from mm_platform.spark.session import _warm_task_fn, expected_executors, warm_executors, whole_waves
+from mm_platform.spark.session import (
+    _warm_task_fn,
+    await_executors,
+    expected_executors,
+    warm_executors,
+    whole_waves,
+)
 from mm_platform_tests.test_prod_azure import azurite  # noqa: F401 - the Azurite fixture
 from mm_platform_tests.test_prod_support import ROOT
 
@@ -48,6 +54,7 @@ def test_expected_executors_from_the_sessions_settings():
 def test_no_warm_up_in_local_mode(spark):
     # local mode: the workers share the driver's cores, and the driver's work is on them
     assert warm_executors(spark, "/tmp/lake") is None
+    assert await_executors(spark, timeout=60) == 0  # nothing to wait for: returns at once
 
 
 def test_the_warm_up_task_opens_the_lake_and_never_fails(tmp_path):

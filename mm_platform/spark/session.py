@@ -141,7 +141,9 @@ def executors_registered(spark: SparkSession) -> int:
 
 def await_executors(spark: SparkSession, timeout: float = WARM_UP_WAIT_S) -> int:
     """Wait until the executors the session asked for (at least one) have registered, or
-    ``timeout``; how many have."""
+    ``timeout``; how many have. Local mode has none to wait for (its driver runs the tasks)."""
+    if is_local(spark.sparkContext.master):
+        return 0
     wanted = expected_executors(spark.sparkContext.getConf()) or 1
     deadline = time.monotonic() + timeout
     while (n := executors_registered(spark)) < wanted and time.monotonic() < deadline:
